@@ -1,0 +1,67 @@
+"""Checkpoints: written atomically, loaded with weights_only=True, and self-describing.
+
+A checkpoint carries the resolved config that built it, so sampling, evaluation and later
+stages rebuild the model from the file alone.
+"""
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+FORMAT = "mindiff-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def save_checkpoint(state: dict, path: Path) -> Path:
+    """Write to a temp file, flush it to disk, then rename: a kill at any moment leaves either
+    the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass the path of a .pt file a run wrote under checkpoints/")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path} was refused: it holds more than tensors and plain values, and loading it "
+                              f"could run code ({first_line})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a mindiff checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    last = run_dir / "checkpoints" / "last.pt"
+    return last if last.is_file() else None
+
+
+def build_from_checkpoint(state: dict, device="cpu"):
+    """Rebuild (model with inference weights, objective, config) from a loaded checkpoint."""
+    cfg = OmegaConf.create(state["config"])
+    model = instantiate(cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit the model its config builds: {e}") from None
+    return model.to(device).eval(), instantiate(cfg.schedule), cfg

@@ -1,0 +1,152 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in `conf/<group>/<name>.yaml` extends its schema (`defaults: [<name>_schema]`),
+so a wrong type fails at composition with the key's name, before any work starts.
+Value ranges that a type cannot express are checked by `validate`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+# ---- dataset ---------------------------------------------------------------------------------
+@dataclass
+class DatasetConfig:
+    _target_: str = MISSING
+    channels: int = MISSING
+    image_size: int = MISSING
+    num_classes: int = MISSING
+
+
+@dataclass
+class TorchvisionDatasetConfig(DatasetConfig):
+    root: str = "data"
+    download: bool = True
+
+
+@dataclass
+class TinyDatasetConfig(DatasetConfig):
+    train_size: int = 512
+    test_size: int = 128
+    seed: int = 0
+
+
+# ---- model -----------------------------------------------------------------------------------
+@dataclass
+class MLP2Config:
+    _target_: str = "mindiff.models.mlp2.MLP2"
+    image_shape: List[int] = MISSING
+    hidden_dim: int = 4096
+    class_embed_dim: int = 239
+    classes: Optional[int] = None
+
+
+# ---- schedule (what is learned and how it is sampled) ----------------------------------------
+@dataclass
+class AlphaBlendConfig:
+    _target_: str = "mindiff.objectives.AlphaBlend"
+    t_sampling: str = "uniform"  # uniform | logit_normal
+    loss_terms: List[str] = field(default_factory=lambda: ["target", "eps", "x0"])
+    sample_steps: int = 32
+
+
+# ---- optim -----------------------------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    _target_: str = "mindiff.optim.Optimizer"
+    algorithm: str = MISSING  # schedulefree_adamw | adamw
+    lr: float = 2e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    decay: str = "none"  # none | cosine
+    min_lr: float = 0.0
+
+
+# ---- trainer ---------------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    epochs: int = 100
+    batch_size: int = 512
+    max_steps: Optional[int] = None
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16
+    seed: int = 0
+    sample_every: int = 1
+    sample_grid: int = 16  # the grid is sample_grid x sample_grid images
+    sample_seed: int = 0  # noise bank for grids: the same for every epoch and every run
+    ckpt_every: int = 10
+    log_every: int = 10  # steps between host syncs for the loss log
+    resume: Optional[str] = None  # null | auto | PATH
+
+
+# ---- logger ----------------------------------------------------------------------------------
+@dataclass
+class LoggerConfig:
+    mode: str = "auto"  # auto | online | offline | disabled
+    project: str = "mindiff"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+SCHEMAS = {
+    "dataset": {"torchvision_schema": TorchvisionDatasetConfig, "tiny_schema": TinyDatasetConfig},
+    "model": {"mlp2_schema": MLP2Config},
+    "schedule": {"alpha_blend_schema": AlphaBlendConfig},
+    "optim": {"optim_schema": OptimConfig},
+    "trainer": {"trainer_schema": TrainerConfig},
+    "logger": {"wandb_schema": LoggerConfig},
+}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)
+
+
+CHOICES = {
+    ("trainer", "device"): ("auto", "cpu", "cuda"),
+    ("trainer", "precision"): ("fp32", "bf16"),
+    ("logger", "mode"): ("auto", "online", "offline", "disabled"),
+    ("optim", "algorithm"): ("schedulefree_adamw", "adamw"),
+    ("optim", "decay"): ("none", "cosine"),
+    ("schedule", "t_sampling"): ("uniform", "logit_normal"),
+}
+POSITIVE = [
+    ("trainer", "epochs"), ("trainer", "batch_size"), ("trainer", "max_steps"),
+    ("trainer", "sample_every"), ("trainer", "sample_grid"), ("trainer", "ckpt_every"),
+    ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"),
+]
+LOSS_TERMS = ("target", "eps", "x0")
+
+
+class ConfigError(ValueError):
+    """A config value that has the right type but cannot work; the message says what to change."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the value ranges of a composed config, raising ConfigError naming the key."""
+
+    def get(group: str, key: str) -> Any:
+        return cfg.get(group, {}).get(key) if group in cfg else None
+
+    for (group, key), allowed in CHOICES.items():
+        value = get(group, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{group}.{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    for group, key in POSITIVE:
+        value = get(group, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{group}.{key}={value} must be > 0")
+    for term in get("schedule", "loss_terms") or []:
+        if term not in LOSS_TERMS:
+            raise ConfigError(f"schedule.loss_terms has {term!r}; each term must be one of {', '.join(LOSS_TERMS)}")
+
+
+register_schemas()

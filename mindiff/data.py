@@ -1,0 +1,146 @@
+"""Any dataset -> one uint8 tensor of images (N x C x H x W) and int64 labels, batched by index.
+
+The whole split lives on the training device; a batch is an index slice of a per-epoch
+permutation, normalised to [-1, 1] on the device. No per-sample transforms, no DataLoader.
+"""
+
+import gzip
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Tuple
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to(self, device) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    train: ImageSet
+    test: ImageSet
+    num_classes: int
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+class DatasetError(RuntimeError):
+    """The data cannot be loaded; the message says where it looked and what to do."""
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _check_declared(dataset: Dataset, name: str, channels: int, num_classes: int) -> Dataset:
+    if dataset.image_shape[0] != channels:
+        raise DatasetError(f"{name} has {dataset.image_shape[0]} channels, not dataset.channels={channels}")
+    if dataset.num_classes != num_classes:
+        raise DatasetError(f"{name} has {dataset.num_classes} classes, not dataset.num_classes={num_classes}")
+    return dataset
+
+
+def _unpack_gz_layout(root: Path, folder: str) -> Path:
+    """Debian's dataset packages ship `*-ubyte.gz` flat in one folder; torchvision reads
+    `<root>/<folder>/raw/*-ubyte`. Unpack once into a cache so the real loader can read it."""
+    gz_files = sorted(root.glob("*-ubyte.gz"))
+    if not gz_files or (root / folder / "raw").is_dir():
+        return root
+    cache = Path.home() / ".cache" / "mindiff" / root.resolve().as_posix().strip("/").replace("/", "_")
+    raw = cache / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in gz_files:
+        target = raw / gz.name[: -len(".gz")]
+        if not target.exists():
+            with gzip.open(gz, "rb") as src, open(target.with_suffix(".tmp"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            target.with_suffix(".tmp").replace(target)
+    return cache
+
+
+def _torchvision_mnist_like(cls, name: str, root: str, download: bool, channels: int, image_size: int,
+                            num_classes: int) -> Dataset:
+    root_path = _unpack_gz_layout(Path(root).expanduser(), cls.__name__)
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(root_path), train=train, download=download)
+        except RuntimeError as e:
+            raise DatasetError(
+                f"{name} not found under {Path(root_path).resolve() / cls.__name__ / 'raw'} ({e}). "
+                f"Set dataset.root to the folder that holds {cls.__name__}/raw, or dataset.download=true when online."
+            ) from None
+        images = _resize(ds.data.unsqueeze(1), image_size)
+        splits.append(ImageSet(images, ds.targets.long()))
+    return _check_declared(Dataset(splits[0], splits[1], len(ds.classes)), name, channels, num_classes)
+
+
+def mnist(root: str, download: bool, channels: int = 1, image_size: int = 28, num_classes: int = 10) -> Dataset:
+    return _torchvision_mnist_like(torchvision.datasets.MNIST, "MNIST", root, download, channels, image_size,
+                                   num_classes)
+
+
+def fashion_mnist(root: str, download: bool, channels: int = 1, image_size: int = 28,
+                  num_classes: int = 10) -> Dataset:
+    return _torchvision_mnist_like(torchvision.datasets.FashionMNIST, "Fashion-MNIST", root, download, channels,
+                                   image_size, num_classes)
+
+
+def tiny(train_size: int = 512, test_size: int = 128, seed: int = 0, channels: int = 1, image_size: int = 12,
+         num_classes: int = 10) -> Dataset:
+    """A generated dataset for tests: class k is a bright square in cell k of a grid, on a dim
+    noisy background. Learnable in seconds, and the class is readable from the pixels."""
+    cells = int(num_classes ** 0.5 + 0.999)
+    cell = image_size // cells
+    if cell < 1:
+        raise DatasetError(f"dataset.image_size={image_size} is too small for {num_classes} classes")
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> ImageSet:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        images = torch.rand(n, channels, image_size, image_size, generator=g) * 40
+        for k in range(num_classes):
+            r, c = divmod(k, cells)
+            images[labels == k, :, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] += 200
+        return ImageSet(images.clamp(0, 255).to(torch.uint8), labels)
+
+    return Dataset(make(train_size), make(test_size), num_classes)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, device) -> Iterator[torch.Tensor]:
+    """Index batches for one epoch, dropping the ragged last batch. The permutation depends only
+    on (seed, epoch), so a resumed run replays exactly the batches it would have seen."""
+    if batch_size > n:
+        raise DatasetError(f"trainer.batch_size={batch_size} is larger than the dataset ({n} images); lower it")
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).to(device)
+    for start in range(0, n - batch_size + 1, batch_size):
+        yield order[start:start + batch_size]

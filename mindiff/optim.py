@@ -1,0 +1,83 @@
+"""The optimizer and its learning-rate schedule, as one object the loop steps.
+
+Schedule-free AdamW keeps two sets of weights: `y`, where gradients are taken, and `x`, the
+average that is used for sampling, evaluation and saving. `averaged(model)` swaps `x` in and then
+puts `y` back bit-exactly, so a run that samples or saves often trains exactly like one that
+does not (and a resumed run like an uninterrupted one).
+"""
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional, Sequence
+
+import schedulefree
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class Optimizer:
+    def __init__(self, params: Iterable[torch.nn.Parameter], total_steps: int, algorithm: str = "schedulefree_adamw",
+                 lr: float = 2e-3, betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.01,
+                 warmup_steps: int = 0, decay: str = "none", min_lr: float = 0.0):
+        betas = tuple(betas)
+        self.schedule_free = algorithm == "schedulefree_adamw"
+        if self.schedule_free:  # warms up by itself
+            self.opt = schedulefree.AdamWScheduleFree(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                                      warmup_steps=warmup_steps)
+            self.opt.train()
+        elif algorithm == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        else:
+            raise ValueError(f"optim.algorithm={algorithm!r}: choose schedulefree_adamw or adamw")
+        own_warmup = 0 if self.schedule_free else warmup_steps
+        floor = min_lr / lr
+
+        def factor(step: int) -> float:
+            f = min(1.0, (step + 1) / own_warmup) if own_warmup else 1.0
+            if decay == "cosine":
+                progress = min(1.0, step / max(1, total_steps))
+                f *= floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            return f
+
+        self.lr_schedule = LambdaLR(self.opt, factor)
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.opt.step()
+        self.lr_schedule.step()
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    @contextmanager
+    def averaged(self, model: torch.nn.Module) -> Iterator[Optional[dict]]:
+        """Inside: the model holds the weights to sample, evaluate and save with. Yields the
+        training weights (`y`) when they differ from those, else None."""
+        model.eval()
+        if not self.schedule_free:
+            try:
+                yield None
+            finally:
+                model.train()
+            return
+        train_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.opt.eval()
+        try:
+            yield train_weights
+        finally:
+            self.opt.train()
+            model.load_state_dict(train_weights)
+            model.train()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if self.schedule_free:
+            for group in self.opt.param_groups:  # saved in eval mode inside `averaged`; we train now
+                group["train_mode"] = True

@@ -1,0 +1,75 @@
+"""Weights & Biases: the mode is chosen before `wandb.init`, so a run never waits on the network."""
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import wandb
+
+log = logging.getLogger(__name__)
+INIT_TIMEOUT_S = 10
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def choose_mode(requested: str) -> str:
+    """`auto`: $WANDB_MODE if set, else online with an API key, else offline."""
+    if requested != "auto":
+        return requested
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if has_api_key() else "offline"
+
+
+class Tracker:
+    """One W&B run per training run; resumed by id when the training run is resumed."""
+
+    def __init__(self, mode: str, run_dir: Path, config: dict, name: str, group: Optional[str],
+                 project: str, entity: Optional[str], tags: Sequence[str], run_id: Optional[str] = None):
+        self.mode = choose_mode(mode)
+        kwargs = dict(project=project, entity=entity, dir=str(run_dir), config=config, name=name, group=group,
+                      tags=list(tags), id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
+                      settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off", silent=True))
+        try:
+            self.run = wandb.init(mode=self.mode, **kwargs)
+        except Exception as e:  # network or credentials trouble must not stop training
+            if self.mode != "online":
+                raise
+            log.warning("W&B online init failed (%s); logging offline instead", e)
+            self.mode = "offline"
+            self.run = wandb.init(mode="offline", **kwargs)
+        if self.mode == "offline":
+            log.info("W&B is offline (no API key configured); upload later with: wandb sync %s",
+                     Path(self.run.dir).parent)
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return None if self.mode == "disabled" else self.run.id
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_image(self, key: str, path: Path, step: int, caption: str = "") -> None:
+        self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)
+
+    def log_video(self, key: str, path: Path, step: int) -> None:
+        self.run.log({key: wandb.Video(str(path), format="gif")}, step=step)
+
+    def summary(self, values: dict) -> None:
+        self.run.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)

@@ -1,0 +1,200 @@
+"""THE training loop. It knows nothing about which model it trains: the objective says what the
+loss is and how to sample; the loop steps, logs, samples a fixed noise bank and checkpoints."""
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from mindiff.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from mindiff.config import validate
+from mindiff.data import DatasetError, epoch_batches, to_uint8, to_unit_range
+from mindiff.images import save_gif, save_grid
+from mindiff.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    """Where a run writes and how it is labelled in W&B (the CLI derives these from Hydra)."""
+    run_dir: Path
+    name: str
+    group: Optional[str] = None
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    return torch.device(requested)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def grid_labels(grid: int, num_classes: int) -> torch.Tensor:
+    """Class per column, cycling 0..num_classes-1, for a grid x grid sample grid."""
+    return (torch.arange(grid) % num_classes).repeat(grid)
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def train(cfg: DictConfig, info: RunInfo) -> dict:
+    """Train the model the config describes; returns the final metrics."""
+    validate(cfg)
+    tc = cfg.trainer
+    device = pick_device(tc.device)
+    torch.manual_seed(tc.seed)
+
+    data = instantiate(cfg.dataset)
+    train_set = data.train.to(device)
+    steps_per_epoch = len(train_set) // tc.batch_size
+    if steps_per_epoch == 0:
+        raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset "
+                           f"({len(train_set)} images); lower it")
+    model = instantiate(cfg.model).to(device)
+    objective = instantiate(cfg.schedule)
+    optimizer = instantiate(cfg.optim, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    epoch, step, run_id = 0, 0, None
+    ckpt_path = latest_checkpoint(info.run_dir) if tc.resume == "auto" else (Path(tc.resume) if tc.resume else None)
+    if tc.resume == "auto" and ckpt_path is None:
+        log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", info.run_dir / "checkpoints")
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        try:
+            model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt_path} does not fit this run's model (was it written with another "
+                                  f"model config?): {e}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        epoch, step, run_id = state["epoch"], state["step"], state["wandb_run_id"]
+        log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch, step)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    lc = cfg.logger
+    tracker = Tracker(lc.mode, info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
+                      lc.tags, run_id=run_id)
+    tracker.summary({"parameters": n_params})
+    log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{n_params:,}",
+             steps_per_epoch, tc.batch_size, device, tc.precision)
+
+    bank_gen = torch.Generator().manual_seed(tc.sample_seed)
+    bank_noise = torch.randn(tc.sample_grid ** 2, *data.image_shape, generator=bank_gen).to(device)
+    bank_labels = grid_labels(tc.sample_grid, data.num_classes).to(device)
+    samples_dir, ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
+    amp = autocast(device, tc.precision)
+
+    def write_samples(tag: str) -> Path:
+        with optimizer.averaged(model), amp:
+            images = objective.sample(model, bank_noise, bank_labels)
+        path = save_grid(to_uint8(images), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
+        tracker.log_image("samples", path, step, caption=tag)
+        return path
+
+    def write_checkpoint(*names: str) -> None:
+        with optimizer.averaged(model) as train_weights:
+            state = {"config": resolved, "model": model.state_dict(), "train_model": train_weights,
+                     "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
+                     "wandb_run_id": tracker.run_id, "parameters": n_params}
+            for name in names:
+                save_checkpoint(state, ckpt_dir / name)
+
+    def flush(pending: list) -> list:
+        losses = torch.stack(pending).tolist()  # the one host sync per log_every steps
+        first = step - len(losses) + 1
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"loss became {value} at step {first + i}; the last good checkpoint in "
+                                    f"{ckpt_dir} is kept. Lower optim.lr or try trainer.precision=fp32")
+            tracker.log({"loss": value, "lr": optimizer.lr, "epoch": epoch}, step=first + i)
+        pending.clear()
+        return losses
+
+    exit_code, last_loss = 1, float("nan")
+    try:
+        stopped = tc.max_steps is not None and step >= tc.max_steps
+        if epoch >= tc.epochs:
+            log.info("this run already finished its %d epochs; nothing to train", tc.epochs)
+        while epoch < tc.epochs and not stopped:
+            skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
+            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
+                       dynamic_ncols=True, leave=False)
+            pending, losses, start = [], [], time.perf_counter()
+            for i, idx in enumerate(epoch_batches(len(train_set), tc.batch_size, tc.seed, epoch, device)):
+                if i < skip:
+                    continue
+                x, y = to_unit_range(train_set.images[idx]), train_set.labels[idx]
+                with amp:
+                    loss, _ = objective.loss(model, x, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                pending.append(loss.detach())
+                bar.update(1)
+                if len(pending) == tc.log_every:
+                    losses += flush(pending)
+                    rate = len(losses) * tc.batch_size / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
+                stopped = tc.max_steps is not None and step >= tc.max_steps
+                if stopped:
+                    break
+            if pending:
+                losses += flush(pending)
+            bar.close()
+            seconds = time.perf_counter() - start
+            images_per_s = len(losses) * tc.batch_size / seconds
+            last_loss = sum(losses) / max(1, len(losses))
+            epoch_done = step == (epoch + 1) * steps_per_epoch
+            epoch += int(epoch_done)
+            tracker.log({"epoch_time_s": seconds, "images_per_s": images_per_s, "epoch_loss": last_loss,
+                         "epoch": epoch}, step=step)
+            log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step, last_loss,
+                     images_per_s, seconds)
+            tag = f"epoch_{epoch:04d}" if epoch_done else f"step_{step:06d}"
+            run_ends = stopped or epoch == tc.epochs
+            if run_ends or (epoch_done and epoch % tc.sample_every == 0):
+                write_samples(tag)
+            snapshot = epoch_done and epoch % tc.ckpt_every == 0
+            write_checkpoint("last.pt", *([f"{tag}.pt"] if snapshot else []))
+
+        frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)
+        if len(frames) > 1:
+            tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
+        metrics = {"final_loss": last_loss, "epochs": epoch, "steps": step}
+        tracker.summary(metrics)
+        exit_code = 0
+        return metrics
+    finally:
+        tracker.finish(exit_code)
