@@ -1,0 +1,30 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A model and data small enough that a CLI run takes seconds on 2 CPU cores.
+TINY = ["dataset=tiny", "model.hidden_dim=64", "model.class_embed_dim=8", "trainer.batch_size=64",
+        "optim.warmup_steps=5", "trainer.sample_grid=4", "trainer.device=cpu", "logger.mode=offline"]
+
+
+def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture
+def train_cli(tmp_path):
+    def run(*overrides: str, run_dir: str = "run", check: bool = True):
+        return run_cli("mindiff.train", *TINY, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path, check=check)
+    return run

@@ -1,0 +1,88 @@
+"""The real torchvision loaders, fed files these tests write in MNIST's idx layout."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from mindiff.data import DatasetError, epoch_batches, fashion_mnist, mnist, tiny, to_uint8, to_unit_range
+
+from conftest import SHARED_DATA
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    kind = 0x08  # unsigned byte
+    return struct.pack(">HBB", 0, kind, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist_raw(folder, n_train=30, n_test=10, gz=False):
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        files[f"{split}-images-idx3-ubyte"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        files[f"{split}-labels-idx1-ubyte"] = (np.arange(n) % 10).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in files.items():
+        if gz:
+            with gzip.open(folder / f"{name}.gz", "wb") as f:
+                f.write(idx_bytes(arr))
+        else:
+            (folder / name).write_bytes(idx_bytes(arr))
+    return files
+
+
+def test_mnist_loads_through_torchvision_as_uint8_tensors(tmp_path):
+    files = write_mnist_raw(tmp_path / "MNIST" / "raw")
+    data = mnist(root=str(tmp_path), download=False)
+    assert data.train.images.shape == (30, 1, 28, 28) and data.train.images.dtype == torch.uint8
+    assert data.test.labels.dtype == torch.int64 and len(data.test) == 10 and data.num_classes == 10
+    assert np.array_equal(data.train.images[:, 0].numpy(), files["train-images-idx3-ubyte"])
+
+
+def test_mnist_resizes_when_asked(tmp_path):
+    write_mnist_raw(tmp_path / "MNIST" / "raw")
+    assert mnist(root=str(tmp_path), download=False, image_size=32).train.images.shape == (30, 1, 32, 32)
+
+
+def test_missing_dataset_says_where_it_looked_and_what_to_do(tmp_path):
+    with pytest.raises(DatasetError, match=r"MNIST not found under .*MNIST/raw.*dataset.root"):
+        mnist(root=str(tmp_path / "nowhere"), download=False)
+
+
+def test_fashion_mnist_reads_debians_flat_gz_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    files = write_mnist_raw(tmp_path / "debian", gz=True)
+    data = fashion_mnist(root=str(tmp_path / "debian"), download=False)
+    assert np.array_equal(data.test.images[:, 0].numpy(), files["t10k-images-idx3-ubyte"])
+    assert (tmp_path / "home" / ".cache" / "mindiff").is_dir()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="needs ../shared/data")
+def test_real_mnist_statistics():
+    data = mnist(root=str(SHARED_DATA), download=False)
+    assert len(data.train) == 60000 and len(data.test) == 10000
+    mean = data.train.images.float().mean() / 255
+    assert abs(mean.item() - 0.1307) < 1e-3
+
+
+def test_tiny_class_is_readable_from_the_pixels():
+    data = tiny(train_size=100, test_size=20, image_size=12)
+    assert data.train.images.shape == (100, 1, 12, 12)
+    brightest_cell = data.train.images.float().view(100, 4, 3, 4, 3).mean((2, 4)).flatten(1).argmax(1)
+    assert torch.equal(brightest_cell, data.train.labels)
+
+
+def test_epoch_batches_cover_each_image_once_and_depend_only_on_seed_and_epoch():
+    batches = list(epoch_batches(100, 32, seed=1, epoch=3, device="cpu"))
+    assert len(batches) == 3 and all(len(b) == 32 for b in batches)
+    assert len(torch.cat(batches).unique()) == 96
+    again = list(epoch_batches(100, 32, seed=1, epoch=3, device="cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert not torch.equal(batches[0], next(epoch_batches(100, 32, seed=1, epoch=4, device="cpu")))
+
+
+def test_unit_range_round_trips():
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert torch.equal(to_uint8(to_unit_range(x)), x)
