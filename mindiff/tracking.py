@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import wandb
 
+from mindiff.config import ConfigError
+
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 10
 
@@ -24,13 +26,14 @@ def has_api_key() -> bool:
 
 def choose_mode(requested: str) -> str:
     """`auto`: $WANDB_MODE if set, else online with an API key, else offline."""
+    env = os.environ.get("WANDB_MODE")
+    if env is not None and env not in ("online", "offline", "disabled", "dryrun", "run"):
+        raise ConfigError(f"the environment variable WANDB_MODE={env!r} is not a W&B mode; unset it or set it to "
+                          f"online, offline or disabled")
     if requested != "auto":
         return requested
-    env = os.environ.get("WANDB_MODE")
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
+    if env is not None:
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
     return "online" if has_api_key() else "offline"
 
 
@@ -39,7 +42,7 @@ class Tracker:
 
     def __init__(self, mode: str, run_dir: Path, config: dict, name: str, group: Optional[str],
                  project: str, entity: Optional[str], tags: Sequence[str], run_id: Optional[str] = None):
-        self.mode = choose_mode(mode)
+        self.mode = mode  # from choose_mode, called before any work starts
         kwargs = dict(project=project, entity=entity, dir=str(run_dir), config=config, name=name, group=group,
                       tags=list(tags), id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
                       settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off", silent=True))

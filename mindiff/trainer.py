@@ -18,7 +18,7 @@ from mindiff.checkpoint import CheckpointError, latest_checkpoint, load_checkpoi
 from mindiff.config import validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8, to_unit_range
 from mindiff.images import save_gif, save_grid
-from mindiff.tracking import Tracker
+from mindiff.tracking import Tracker, choose_mode
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class NonFiniteLoss(FloatingPointError):
 def train(cfg: DictConfig, info: RunInfo) -> dict:
     """Train the model the config describes; returns the final metrics."""
     validate(cfg)
+    wandb_mode = choose_mode(cfg.logger.mode)
     tc = cfg.trainer
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
@@ -103,7 +104,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     lc = cfg.logger
-    tracker = Tracker(lc.mode, info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
+    tracker = Tracker(wandb_mode, info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
                       lc.tags, run_id=run_id)
     tracker.summary({"parameters": n_params})
     log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{n_params:,}",
