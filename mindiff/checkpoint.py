@@ -58,6 +58,31 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return last if last.is_file() else None
 
 
+def load_autoencoder(path) -> dict:
+    """The frozen autoencoder of a latent run, as {"config", "model"}: rebuilt from the config saved
+    in its own checkpoint, so its architecture is never repeated (and cannot disagree)."""
+    state = load_checkpoint(path)
+    if state.get("kind") != "autoencoder":
+        raise CheckpointError(f"{path} is a {state.get('kind', 'unknown')} checkpoint, not an autoencoder: "
+                              f"autoencoder.ckpt takes a checkpoint written by a model=autoencoder run "
+                              f"(experiment=cifar_ae)")
+    return {"config": state["config"], "model": state["model"]}
+
+
+def build_autoencoder(autoencoder: dict) -> torch.nn.Module:
+    model = instantiate(OmegaConf.create(autoencoder["config"]).model)
+    model.load_state_dict(autoencoder["model"])
+    return model
+
+
+def build_objective(schedule_cfg, autoencoder: Optional[dict] = None):
+    """The run's objective; with an autoencoder, the same diffusion on its latents."""
+    from mindiff.objectives import InLatentSpace  # objectives import data; keep this module light
+
+    objective = instantiate(schedule_cfg)
+    return InLatentSpace(objective, build_autoencoder(autoencoder)) if autoencoder is not None else objective
+
+
 def build_from_checkpoint(state: dict, device="cpu"):
     """Rebuild (model with inference weights, objective, config) from a loaded checkpoint."""
     cfg = OmegaConf.create(state["config"])
@@ -66,4 +91,4 @@ def build_from_checkpoint(state: dict, device="cpu"):
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"the checkpoint's weights do not fit the model its config builds: {e}") from None
-    return model.to(device).eval(), instantiate(cfg.schedule), cfg
+    return model.to(device).eval(), build_objective(cfg.schedule, state.get("autoencoder")), cfg

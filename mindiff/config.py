@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 # ---- dataset ---------------------------------------------------------------------------------
@@ -19,12 +19,23 @@ class DatasetConfig:
     channels: int = MISSING
     image_size: int = MISSING
     num_classes: int = MISSING
+    hflip: bool = False
 
 
 @dataclass
 class TorchvisionDatasetConfig(DatasetConfig):
     root: str = "data"
     download: bool = True
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    root: str = MISSING
+    test_root: Optional[str] = None
+    test_fraction: float = 0.1
+    resolution: int = 32
+    cache_dir: str = "~/.cache/mindiff"
+    seed: int = 0
 
 
 @dataclass
@@ -44,6 +55,26 @@ class MLP2Config:
     classes: Optional[int] = None
 
 
+@dataclass
+class AutoencoderConfig:
+    _target_: str = "mindiff.models.autoencoder.Autoencoder"
+    in_channels: int = 3
+    hidden: List[int] = field(default_factory=lambda: [32, 64, 128])
+    latent_channels: int = 8
+    groups: int = 8
+
+
+@dataclass
+class ConvAdaLNConfig:
+    _target_: str = "mindiff.models.conv_adaln.ConvAdaLN"
+    in_channels: int = MISSING
+    hidden: int = 256
+    blocks: int = 8
+    class_embed_dim: int = 256
+    classes: Optional[int] = None
+    groups: int = 32
+
+
 # ---- schedule (what is learned and how it is sampled) ----------------------------------------
 @dataclass
 class AlphaBlendConfig:
@@ -51,6 +82,13 @@ class AlphaBlendConfig:
     t_sampling: str = "uniform"  # uniform | logit_normal
     loss_terms: List[str] = field(default_factory=lambda: ["target", "eps", "x0"])
     sample_steps: int = 32
+
+
+@dataclass
+class ReconstructionConfig:
+    _target_: str = "mindiff.objectives.Reconstruction"
+    ssim_weight: float = 1.0
+    eval_images: int = 2000
 
 
 # ---- optim -----------------------------------------------------------------------------------
@@ -94,9 +132,10 @@ class LoggerConfig:
 
 
 SCHEMAS = {
-    "dataset": {"torchvision_schema": TorchvisionDatasetConfig, "tiny_schema": TinyDatasetConfig},
-    "model": {"mlp2_schema": MLP2Config},
-    "schedule": {"alpha_blend_schema": AlphaBlendConfig},
+    "dataset": {"torchvision_schema": TorchvisionDatasetConfig, "image_folder_schema": ImageFolderConfig,
+                "tiny_schema": TinyDatasetConfig},
+    "model": {"mlp2_schema": MLP2Config, "autoencoder_schema": AutoencoderConfig, "conv_adaln_schema": ConvAdaLNConfig},
+    "schedule": {"alpha_blend_schema": AlphaBlendConfig, "reconstruction_schema": ReconstructionConfig},
     "optim": {"optim_schema": OptimConfig},
     "trainer": {"trainer_schema": TrainerConfig},
     "logger": {"wandb_schema": LoggerConfig},
@@ -108,6 +147,21 @@ def register_schemas() -> None:
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)
+
+
+def input_shape(autoencoder_ckpt: Optional[str], channels: int, image_size: int) -> List[int]:
+    """The shape a denoiser sees: the image's, or the latent's when it trains on an autoencoder's latents
+    (read from that checkpoint's own config, so the user never repeats it)."""
+    if not autoencoder_ckpt:
+        return [channels, image_size, image_size]
+    from mindiff.checkpoint import build_autoencoder, load_autoencoder
+
+    return list(build_autoencoder(load_autoencoder(autoencoder_ckpt)).latent_shape((channels, image_size, image_size)))
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("mindiff.input_shape", input_shape, replace=True)
+    OmegaConf.register_new_resolver("mindiff.input_channels", lambda *a: input_shape(*a)[0], replace=True)
 
 
 CHOICES = {
@@ -150,3 +204,4 @@ def validate(cfg: DictConfig) -> None:
 
 
 register_schemas()
+register_resolvers()

@@ -5,14 +5,19 @@ permutation, normalised to [-1, 1] on the device. No per-sample transforms, no D
 """
 
 import gzip
+import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+from tqdm import tqdm
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Dataset:
     train: ImageSet
     test: ImageSet
     num_classes: int
+    hflip: bool = False  # random horizontal flips while training
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -86,7 +92,7 @@ def _unpack_gz_layout(root: Path, folder: str) -> Path:
 
 
 def _torchvision_mnist_like(cls, name: str, root: str, download: bool, channels: int, image_size: int,
-                            num_classes: int) -> Dataset:
+                            num_classes: int, hflip: bool) -> Dataset:
     root_path = _unpack_gz_layout(Path(root).expanduser(), cls.__name__)
     splits = []
     for train in (True, False):
@@ -99,22 +105,95 @@ def _torchvision_mnist_like(cls, name: str, root: str, download: bool, channels:
             ) from None
         images = _resize(ds.data.unsqueeze(1), image_size)
         splits.append(ImageSet(images, ds.targets.long()))
-    return _check_declared(Dataset(splits[0], splits[1], len(ds.classes)), name, channels, num_classes)
+    return _check_declared(Dataset(splits[0], splits[1], len(ds.classes), hflip), name, channels, num_classes)
 
 
-def mnist(root: str, download: bool, channels: int = 1, image_size: int = 28, num_classes: int = 10) -> Dataset:
+def mnist(root: str, download: bool, channels: int = 1, image_size: int = 28, num_classes: int = 10,
+          hflip: bool = False) -> Dataset:
     return _torchvision_mnist_like(torchvision.datasets.MNIST, "MNIST", root, download, channels, image_size,
-                                   num_classes)
+                                   num_classes, hflip)
 
 
-def fashion_mnist(root: str, download: bool, channels: int = 1, image_size: int = 28,
-                  num_classes: int = 10) -> Dataset:
+def fashion_mnist(root: str, download: bool, channels: int = 1, image_size: int = 28, num_classes: int = 10,
+                  hflip: bool = False) -> Dataset:
     return _torchvision_mnist_like(torchvision.datasets.FashionMNIST, "Fashion-MNIST", root, download, channels,
-                                   image_size, num_classes)
+                                   image_size, num_classes, hflip)
+
+
+def cifar10(root: str, download: bool, channels: int = 3, image_size: int = 32, num_classes: int = 10,
+            hflip: bool = False) -> Dataset:
+    splits = []
+    for train in (True, False):
+        try:
+            ds = torchvision.datasets.CIFAR10(root=root, train=train, download=download)
+        except RuntimeError as e:
+            raise DatasetError(
+                f"CIFAR-10 not found under {Path(root).resolve() / 'cifar-10-batches-py'} ({e}). Set dataset.root "
+                f"to the folder that holds cifar-10-batches-py, dataset.download=true when online, or use "
+                f"dataset=image_folder for a folder of class sub-folders"
+            ) from None
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(ImageSet(_resize(images, image_size), torch.tensor(ds.targets, dtype=torch.long)))
+    return _check_declared(Dataset(splits[0], splits[1], len(ds.classes), hflip), "CIFAR-10", channels, num_classes)
+
+
+def _decode_folder(folder: Path, size: int, channels: int, cache_dir: Path) -> Tuple[ImageSet, list]:
+    """Decode an ImageFolder once into a uint8 tensor, cached under a key of the folder's contents."""
+    try:
+        ds = torchvision.datasets.ImageFolder(str(folder))
+    except (FileNotFoundError, OSError) as e:
+        raise DatasetError(f"no image folder at {folder} ({e}); dataset.root must hold one sub-folder per class") from None
+    listing = "\n".join(f"{os.path.relpath(p, folder)}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}"
+                         for p, _ in ds.samples)
+    key = hashlib.sha1(f"{folder.resolve()}|{size}|{channels}|{listing}".encode()).hexdigest()[:16]
+    cache = cache_dir / f"image_folder-{key}.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        return ImageSet(saved["images"], saved["labels"]), list(saved["classes"])
+    mode = "RGB" if channels == 3 else "L"
+    images = torch.empty(len(ds.samples), channels, size, size, dtype=torch.uint8)
+    for i, (path, _) in enumerate(tqdm(ds.samples, desc=f"decoding {folder.name}", unit="img", mininterval=2)):
+        try:
+            with Image.open(path) as im:
+                im = im.convert(mode)
+        except OSError as e:
+            raise DatasetError(f"cannot read image {path}: {e}; remove or replace the file") from None
+        if im.size != (size, size):  # shorter side to `size`, then a centre crop
+            im = TF.center_crop(TF.resize(im, size, antialias=True), size)
+        images[i] = TF.pil_to_tensor(im)
+    labels = torch.tensor(ds.targets, dtype=torch.long)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
+    torch.save({"images": images, "labels": labels, "classes": ds.classes}, tmp)
+    os.replace(tmp, cache)
+    return ImageSet(images, labels), ds.classes
+
+
+def image_folder(root: str, test_root: Optional[str] = None, test_fraction: float = 0.1, resolution: int = 32,
+                 image_size: Optional[int] = None, channels: int = 3, num_classes: int = 10,
+                 cache_dir: str = "~/.cache/mindiff", seed: int = 0, hflip: bool = False) -> Dataset:
+    """A folder of class sub-folders (torchvision's ImageFolder). The held-out split is `test_root`,
+    else a sibling `test` folder of a `train` folder, else a seeded `test_fraction` of the images."""
+    root_path, cache = Path(root).expanduser(), Path(cache_dir).expanduser()
+    train, classes = _decode_folder(root_path, resolution, channels, cache)
+    if test_root is None and root_path.name == "train" and (root_path.parent / "test").is_dir():
+        test_root = str(root_path.parent / "test")
+    if test_root is not None:
+        test, test_classes = _decode_folder(Path(test_root).expanduser(), resolution, channels, cache)
+        if test_classes != classes:
+            raise DatasetError(f"{test_root} has classes {test_classes}, but {root} has {classes}")
+    else:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        n_test = max(1, int(len(train) * test_fraction))
+        test = ImageSet(train.images[order[:n_test]], train.labels[order[:n_test]])
+        train = ImageSet(train.images[order[n_test:]], train.labels[order[n_test:]])
+    if len(classes) != num_classes:
+        raise DatasetError(f"{root} has {len(classes)} class folders; set dataset.num_classes={len(classes)}")
+    return Dataset(train, test, num_classes, hflip)
 
 
 def tiny(train_size: int = 512, test_size: int = 128, seed: int = 0, channels: int = 1, image_size: int = 12,
-         num_classes: int = 10) -> Dataset:
+         num_classes: int = 10, hflip: bool = False) -> Dataset:
     """A generated dataset for tests: class k is a bright square in cell k of a grid, on a dim
     noisy background. Learnable in seconds, and the class is readable from the pixels."""
     cells = int(num_classes ** 0.5 + 0.999)
@@ -132,7 +211,24 @@ def tiny(train_size: int = 512, test_size: int = 128, seed: int = 0, channels: i
             images[labels == k, :, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] += 200
         return ImageSet(images.clamp(0, 255).to(torch.uint8), labels)
 
-    return Dataset(make(train_size), make(test_size), num_classes)
+    return Dataset(make(train_size), make(test_size), num_classes, hflip)
+
+
+class PixelBatches:
+    """Training inputs in pixel space: uint8 images on the device, a batch mapped to [-1, 1]."""
+
+    def __init__(self, images: ImageSet, hflip: bool):
+        self.images, self.hflip = images, hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = to_unit_range(self.images.images[idx])
+        if self.hflip:
+            flip = torch.rand(len(idx), device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, self.images.labels[idx]
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, device) -> Iterator[torch.Tensor]:

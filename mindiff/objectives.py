@@ -1,18 +1,35 @@
-"""What is learned: the loss a model is trained on and how samples are drawn from it.
+"""What is learned: the loss a model is trained on, how its progress is shown, and how it is scored.
 
-An objective has no I/O and knows no model internals; the training loop calls
-`loss(model, x, y)` and `sample(model, noise, y)` and nothing else.
+An objective has no I/O and knows no model internals. The training loop asks it for
+  inputs(data, device)            what to batch from: `len()` and `batch(idx) -> (x, y)`
+  loss(model, x, y)               a scalar and its detached terms
+  preview_bank(data, n, gen, dev) fixed inputs for the progress grids (the same every epoch)
+  preview(model, bank)            the grid's images in [-1, 1]
+  evaluate(model, data)           held-out metrics (may be empty)
 """
 
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm import tqdm
+
+from mindiff.data import Dataset, PixelBatches, to_unit_range
+
+Terms = Dict[str, torch.Tensor]
+
+
+def grid_labels(grid: int, num_classes: int) -> torch.Tensor:
+    """Class per column, cycling 0..num_classes-1, for a grid x grid sample grid."""
+    return (torch.arange(grid) % num_classes).repeat(grid)
 
 
 class AlphaBlend:
     """Alpha blending (IADB / rectified flow): x_t = (1-t)·x0 + t·eps, the model predicts
     v = x0 - eps, and sampling integrates dx/dt = -v with Euler steps from t=1 (noise) to t=0."""
+
+    kind = "diffusion"
 
     def __init__(self, t_sampling: str = "uniform", loss_terms: Sequence[str] = ("target", "eps", "x0"),
                  sample_steps: int = 32):
@@ -20,12 +37,18 @@ class AlphaBlend:
         self.loss_terms = tuple(loss_terms)
         self.sample_steps = sample_steps
 
+    def inputs(self, data: Dataset, device) -> PixelBatches:
+        return PixelBatches(data.train.to(device), data.hflip)
+
+    def sample_shape(self, image_shape: Sequence[int]) -> Tuple[int, ...]:
+        return tuple(image_shape)
+
     def draw_t(self, n: int, device) -> torch.Tensor:
         if self.t_sampling == "logit_normal":
             return torch.sigmoid(torch.randn(n, device=device))
         return torch.rand(n, device=device)
 
-    def loss(self, model, x0: torch.Tensor, y: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def loss(self, model, x0: torch.Tensor, y: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Terms]:
         eps = torch.randn_like(x0)
         t = self.draw_t(len(x0), x0.device)
         tb = t.view(-1, *([1] * (x0.dim() - 1)))
@@ -49,3 +72,99 @@ class AlphaBlend:
             v = model(x, ts[i].expand(len(x)), y).float()
             x = x + (ts[i] - ts[i + 1]) * v
         return x
+
+    def preview_bank(self, data: Dataset, grid: int, generator: torch.Generator, device) -> dict:
+        noise = torch.randn(grid * grid, *self.sample_shape(data.image_shape), generator=generator)
+        return {"noise": noise.to(device), "labels": grid_labels(grid, data.num_classes).to(device)}
+
+    def preview(self, model, bank: dict) -> torch.Tensor:
+        return self.sample(model, bank["noise"], bank["labels"])
+
+    def evaluate(self, model, data: Dataset) -> Dict[str, float]:
+        return {}
+
+
+class LatentBatches:
+    """Training inputs in latent space: every image (and its mirror, with flips) encoded once."""
+
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor):
+        self.latents, self.labels = latents, labels  # latents: views x N x C x h x w
+
+    def __len__(self) -> int:
+        return self.latents.shape[1]
+
+    def batch(self, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        view = torch.randint(len(self.latents), (len(idx),), device=idx.device)
+        return self.latents[view, idx], self.labels[idx]
+
+
+class InLatentSpace(AlphaBlend):
+    """Alpha-blending diffusion on the latents of a frozen autoencoder; previews and samples are
+    decoded back to pixels."""
+
+    def __init__(self, diffusion: AlphaBlend, autoencoder: torch.nn.Module):
+        super().__init__(diffusion.t_sampling, diffusion.loss_terms, diffusion.sample_steps)
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+
+    def sample_shape(self, image_shape: Sequence[int]) -> Tuple[int, ...]:
+        return tuple(self.autoencoder.latent_shape(image_shape))
+
+    @torch.no_grad()
+    def encode(self, images_uint8: torch.Tensor, batch_size: int = 500, desc: str = "encoding") -> torch.Tensor:
+        chunks = [self.autoencoder.encode(to_unit_range(images_uint8[i:i + batch_size])).float()
+                  for i in tqdm(range(0, len(images_uint8), batch_size), desc=desc, unit="batch", leave=False)]
+        return torch.cat(chunks)
+
+    def inputs(self, data: Dataset, device) -> LatentBatches:
+        self.autoencoder.to(device)
+        images = data.train.images.to(device)
+        views = [images, images.flip(-1)] if data.hflip else [images]
+        latents = torch.stack([self.encode(v, desc=f"encoding view {i + 1}/{len(views)}") for i, v in enumerate(views)])
+        return LatentBatches(latents, data.train.labels.to(device))
+
+    @torch.no_grad()
+    def sample(self, model, noise, y, steps=None) -> torch.Tensor:
+        self.autoencoder.to(noise.device)
+        return self.autoencoder.decode(super().sample(model, noise, y, steps)).float()
+
+
+class Reconstruction:
+    """Autoencoder training: MSE + (1 - SSIM) between an image and its reconstruction."""
+
+    kind = "autoencoder"
+
+    def __init__(self, ssim_weight: float = 1.0, eval_images: int = 2000):
+        self.ssim_weight = ssim_weight
+        self.eval_images = eval_images
+
+    def inputs(self, data: Dataset, device) -> PixelBatches:
+        return PixelBatches(data.train.to(device), data.hflip)
+
+    def loss(self, model, x: torch.Tensor, y=None) -> Tuple[torch.Tensor, Terms]:
+        recon = model(x).float()
+        terms = {"mse": F.mse_loss(recon, x)}
+        if self.ssim_weight:
+            terms["ssim"] = self.ssim_weight * (1 - structural_similarity_index_measure(recon, x, data_range=2.0))
+        return sum(terms.values()), {k: t.detach() for k, t in terms.items()}
+
+    def preview_bank(self, data: Dataset, grid: int, generator: torch.Generator, device) -> dict:
+        pick = torch.randperm(len(data.test), generator=generator)[: grid * grid // 2]
+        return {"images": to_unit_range(data.test.images[pick]).to(device)}
+
+    @torch.no_grad()
+    def preview(self, model, bank: dict) -> torch.Tensor:
+        """Each input followed by its reconstruction, pairs side by side along the rows."""
+        x = bank["images"]
+        return torch.stack([x, model(x).float()], dim=1).flatten(0, 1)
+
+    @torch.no_grad()
+    def evaluate(self, model, data: Dataset, batch_size: int = 250) -> Dict[str, float]:
+        device = next(model.parameters()).device
+        images = data.test.images[: self.eval_images]
+        psnr, ssim = [], []
+        for i in range(0, len(images), batch_size):
+            x = to_unit_range(images[i:i + batch_size].to(device))
+            recon = model(x).float().clamp(-1, 1)
+            psnr.append(peak_signal_noise_ratio(recon, x, data_range=2.0) * len(x))
+            ssim.append(structural_similarity_index_measure(recon, x, data_range=2.0) * len(x))
+        return {"psnr": (sum(psnr) / len(images)).item(), "ssim": (sum(ssim) / len(images)).item()}

@@ -5,20 +5,18 @@ conditioned on, cycling 0..9 unless `classes` lists some) to an .npz, or a grid 
 """
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mindiff.checkpoint import build_from_checkpoint, load_checkpoint
+from mindiff.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
 from mindiff.config import ConfigError
 from mindiff.data import to_uint8
-from mindiff.errors import exit_on_user_error
+from mindiff.cli import exit_on_user_error, parse_args
 from mindiff.images import save_grid
 from mindiff.trainer import autocast, pick_device
 
@@ -43,13 +41,16 @@ def sample(args: SampleArgs) -> dict:
         raise ConfigError(f"out={args.out!r}: end it in .npz (arrays) or .png (a grid)")
     device = pick_device(args.device)
     state = load_checkpoint(args.ckpt)
+    if state.get("kind") != "diffusion":
+        raise CheckpointError(f"{args.ckpt} is an {state.get('kind')} checkpoint: sample from a denoiser's checkpoint "
+                              f"(mindiff.reconstruct runs an autoencoder)")
     model, objective, cfg = build_from_checkpoint(state, device)
     num_classes = cfg.dataset.num_classes
     classes = torch.tensor(args.classes if args.classes else list(range(num_classes)), dtype=torch.long)
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ConfigError(f"classes={args.classes}: this model knows classes 0..{num_classes - 1}")
     labels = classes[torch.arange(args.n) % len(classes)]
-    shape = tuple(model.image_shape)
+    shape = objective.sample_shape((cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size))
     g = torch.Generator().manual_seed(args.seed)
     chunks = []
     for start in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
@@ -69,12 +70,7 @@ def sample(args: SampleArgs) -> dict:
 
 def main(argv=None) -> None:
     with exit_on_user_error("mindiff.sample"):
-        try:
-            args = OmegaConf.merge(OmegaConf.structured(SampleArgs), OmegaConf.from_cli(argv or sys.argv[1:]))
-            args = OmegaConf.to_object(args)
-        except Exception as e:  # OmegaConf's messages name the key; keep them to one line
-            raise ConfigError(f"{str(e).splitlines()[0]} (usage: {__doc__.strip().splitlines()[0]})") from None
-        result = sample(args)
+        result = sample(parse_args(SampleArgs, argv, __doc__.strip().splitlines()[0]))
         print(f"wrote {len(result['images'])} samples to {result['out']}")
 
 

@@ -8,7 +8,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import mindiff.config  # noqa: F401  (registers the schemas)
-from mindiff.errors import exit_on_user_error
+from mindiff.cli import exit_on_user_error
 from mindiff.trainer import RunInfo, train
 
 

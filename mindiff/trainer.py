@@ -14,9 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mindiff.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from mindiff.checkpoint import (CheckpointError, build_objective, latest_checkpoint, load_autoencoder,
+                                load_checkpoint, save_checkpoint)
 from mindiff.config import validate
-from mindiff.data import DatasetError, epoch_batches, to_uint8, to_unit_range
+from mindiff.data import DatasetError, epoch_batches, to_uint8
 from mindiff.images import save_gif, save_grid
 from mindiff.tracking import Tracker, choose_mode
 
@@ -58,11 +59,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def grid_labels(grid: int, num_classes: int) -> torch.Tensor:
-    """Class per column, cycling 0..num_classes-1, for a grid x grid sample grid."""
-    return (torch.arange(grid) % num_classes).repeat(grid)
-
-
 class NonFiniteLoss(FloatingPointError):
     pass
 
@@ -75,14 +71,15 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
 
+    autoencoder = load_autoencoder(cfg.autoencoder.ckpt) if cfg.autoencoder.ckpt else None
+    objective = build_objective(cfg.schedule, autoencoder)
     data = instantiate(cfg.dataset)
-    train_set = data.train.to(device)
-    steps_per_epoch = len(train_set) // tc.batch_size
-    if steps_per_epoch == 0:
+    if len(data.train) < tc.batch_size:
         raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset "
-                           f"({len(train_set)} images); lower it")
+                           f"({len(data.train)} images); lower it")
     model = instantiate(cfg.model).to(device)
-    objective = instantiate(cfg.schedule)
+    inputs = objective.inputs(data, device)
+    steps_per_epoch = len(inputs) // tc.batch_size
     optimizer = instantiate(cfg.optim, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -110,22 +107,24 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{n_params:,}",
              steps_per_epoch, tc.batch_size, device, tc.precision)
 
-    bank_gen = torch.Generator().manual_seed(tc.sample_seed)
-    bank_noise = torch.randn(tc.sample_grid ** 2, *data.image_shape, generator=bank_gen).to(device)
-    bank_labels = grid_labels(tc.sample_grid, data.num_classes).to(device)
+    bank = objective.preview_bank(data, tc.sample_grid, torch.Generator().manual_seed(tc.sample_seed), device)
     samples_dir, ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
     amp = autocast(device, tc.precision)
 
-    def write_samples(tag: str) -> Path:
+    def write_samples(tag: str) -> None:
         with optimizer.averaged(model), amp:
-            images = objective.sample(model, bank_noise, bank_labels)
-        path = save_grid(to_uint8(images), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
+            path = save_grid(to_uint8(objective.preview(model, bank)), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
+            metrics = objective.evaluate(model, data)
         tracker.log_image("samples", path, step, caption=tag)
-        return path
+        if metrics:
+            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+            tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
+            log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def write_checkpoint(*names: str) -> None:
         with optimizer.averaged(model) as train_weights:
-            state = {"config": resolved, "model": model.state_dict(), "train_model": train_weights,
+            state = {"config": resolved, "kind": objective.kind, "autoencoder": autoencoder,
+                     "model": model.state_dict(), "train_model": train_weights,
                      "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
                      "wandb_run_id": tracker.run_id, "parameters": n_params}
             for name in names:
@@ -152,10 +151,10 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
                        dynamic_ncols=True, leave=False)
             pending, losses, start = [], [], time.perf_counter()
-            for i, idx in enumerate(epoch_batches(len(train_set), tc.batch_size, tc.seed, epoch, device)):
+            for i, idx in enumerate(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device)):
                 if i < skip:
                     continue
-                x, y = to_unit_range(train_set.images[idx]), train_set.labels[idx]
+                x, y = inputs.batch(idx)
                 with amp:
                     loss, _ = objective.loss(model, x, y)
                 optimizer.zero_grad()

@@ -10,8 +10,10 @@ CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # A model and data small enough that a CLI run takes seconds on 2 CPU cores.
-TINY = ["dataset=tiny", "model.hidden_dim=64", "model.class_embed_dim=8", "trainer.batch_size=64",
-        "optim.warmup_steps=5", "trainer.sample_grid=4", "trainer.device=cpu", "logger.mode=offline"]
+TINY_RUN = ["dataset=tiny", "trainer.batch_size=64", "optim.warmup_steps=5", "trainer.sample_grid=4",
+            "trainer.device=cpu", "logger.mode=offline"]
+TINY_MLP2 = ["model.hidden_dim=64", "model.class_embed_dim=8"]
+TINY = TINY_RUN + TINY_MLP2
 
 
 def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -26,5 +28,7 @@ def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subproces
 @pytest.fixture
 def train_cli(tmp_path):
     def run(*overrides: str, run_dir: str = "run", check: bool = True):
-        return run_cli("mindiff.train", *TINY, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path, check=check)
+        """A tiny run; overrides that pick another model (model=...) drop the mlp2 knobs."""
+        base = TINY_RUN if any(o.startswith("model=") for o in overrides) else TINY
+        return run_cli("mindiff.train", *base, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path, check=check)
     return run

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mindiff.data import DatasetError, epoch_batches, fashion_mnist, mnist, tiny, to_uint8, to_unit_range
+from PIL import Image
+
+from mindiff.data import (DatasetError, ImageSet, PixelBatches, epoch_batches, fashion_mnist, image_folder, mnist,
+                          tiny, to_uint8, to_unit_range)
 
 from conftest import SHARED_DATA
 
@@ -86,3 +89,54 @@ def test_epoch_batches_cover_each_image_once_and_depend_only_on_seed_and_epoch()
 def test_unit_range_round_trips():
     x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
     assert torch.equal(to_uint8(to_unit_range(x)), x)
+
+
+def write_image_folder(root, per_class=3, size=(20, 16)):
+    rng = np.random.default_rng(1)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_image_folder_decodes_once_resizes_and_uses_the_sibling_test_split(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "imgs" / "train", per_class=3)
+    write_image_folder(tmp_path / "imgs" / "test", per_class=1)
+    kwargs = dict(root=str(tmp_path / "imgs" / "train"), resolution=8, num_classes=2, cache_dir=str(tmp_path / "c"))
+    data = image_folder(**kwargs)
+    assert data.train.images.shape == (6, 3, 8, 8) and data.train.images.dtype == torch.uint8
+    assert data.test.images.shape == (2, 3, 8, 8) and data.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(list((tmp_path / "c").glob("image_folder-*.pt"))) == 2
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded again instead of reading the cache")
+    monkeypatch.setattr("mindiff.data.Image.open", no_decoding)
+    again = image_folder(**kwargs)
+    assert torch.equal(again.train.images, data.train.images)
+
+
+def test_image_folder_splits_a_fraction_without_a_test_folder(tmp_path):
+    write_image_folder(tmp_path / "only", per_class=5)
+    data = image_folder(root=str(tmp_path / "only"), resolution=8, num_classes=2, test_fraction=0.2,
+                        cache_dir=str(tmp_path / "c"))
+    assert (len(data.train), len(data.test)) == (8, 2)
+
+
+def test_image_folder_names_an_unreadable_file_and_a_wrong_class_count(tmp_path):
+    write_image_folder(tmp_path / "f", per_class=2)
+    with pytest.raises(DatasetError, match="set dataset.num_classes=2"):
+        image_folder(root=str(tmp_path / "f"), resolution=8, num_classes=10, cache_dir=str(tmp_path / "c"))
+    (tmp_path / "f" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"cannot read image .*broken.png"):
+        image_folder(root=str(tmp_path / "f"), resolution=8, num_classes=2, cache_dir=str(tmp_path / "c"))
+
+
+def test_pixel_batches_flip_about_half_when_asked():
+    images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(200, 1, 1, 1)
+    labels = torch.zeros(200, dtype=torch.long)
+    torch.manual_seed(0)
+    x, _ = PixelBatches(ImageSet(images, labels), hflip=True).batch(torch.arange(200))
+    flipped = (x[:, 0, 0, 0] > x[:, 0, 0, 3]).float().mean()
+    assert 0.3 < flipped < 0.7
+    x, _ = PixelBatches(ImageSet(images, labels), hflip=False).batch(torch.arange(200))
+    assert (x[:, 0, 0, 0] < x[:, 0, 0, 3]).all()

@@ -48,3 +48,32 @@ def test_logit_normal_t_concentrates_in_the_middle():
     u = AlphaBlend(t_sampling="uniform").draw_t(20000, "cpu")
     assert 0 < t.min() and t.max() < 1
     assert t.std() < u.std() * 0.8
+
+
+def test_reconstruction_scores_a_near_perfect_model_high_and_pairs_inputs_with_outputs():
+    from mindiff.data import tiny
+    from mindiff.objectives import Reconstruction
+
+    data = tiny(train_size=32, test_size=40)
+
+    class Nearly(torch.nn.Module):
+        def __init__(self, noise):
+            super().__init__()
+            self.noise, self.w = noise, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t=None, y=None):
+            return x + self.noise * torch.randn_like(x)
+
+    objective = Reconstruction(eval_images=40)
+    good, bad = objective.evaluate(Nearly(0.01), data), objective.evaluate(Nearly(0.5), data)
+    assert good["psnr"] > 40 > bad["psnr"] and good["ssim"] > 0.95 > bad["ssim"]
+    loss, terms = objective.loss(Nearly(0.0), to_unit(data.train.images[:8]))
+    assert loss.item() < 1e-6 and set(terms) == {"mse", "ssim"}
+    bank = objective.preview_bank(data, 4, torch.Generator().manual_seed(0), "cpu")
+    grid = objective.preview(Nearly(0.0), bank)
+    assert grid.shape == (16, 1, 12, 12) and torch.equal(grid[0::2], grid[1::2])
+
+
+def to_unit(images):
+    from mindiff.data import to_unit_range
+    return to_unit_range(images)

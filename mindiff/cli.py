@@ -1,8 +1,11 @@
-"""User-facing errors: the CLIs print them as one line and exit with code 2."""
+"""What the CLIs share: key=value arguments into a typed schema, and user errors printed as one
+line with exit code 2."""
 
 import sys
 from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Sequence, Type, TypeVar
+
+from omegaconf import OmegaConf
 
 from mindiff.checkpoint import CheckpointError
 from mindiff.config import ConfigError
@@ -30,3 +33,15 @@ def exit_on_user_error(prog: str):
             raise
         print(f"{prog}: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+T = TypeVar("T")
+
+
+def parse_args(schema: Type[T], argv: Optional[Sequence[str]], usage: str) -> T:
+    """`key=value` arguments (OmegaConf syntax, like Hydra's overrides) into a dataclass instance."""
+    try:
+        args = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(list(argv or sys.argv[1:])))
+        return OmegaConf.to_object(args)
+    except Exception as e:  # OmegaConf's messages name the key; keep them to one line
+        raise ConfigError(f"{str(e).splitlines()[0]} (usage: {usage})") from None
