@@ -41,7 +41,7 @@ T = TypeVar("T")
 def parse_args(schema: Type[T], argv: Optional[Sequence[str]], usage: str) -> T:
     """`key=value` arguments (OmegaConf syntax, like Hydra's overrides) into a dataclass instance."""
     try:
-        args = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(list(argv or sys.argv[1:])))
+        args = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(list(sys.argv[1:] if argv is None else argv)))
         return OmegaConf.to_object(args)
     except Exception as e:  # OmegaConf's messages name the key; keep them to one line
         raise ConfigError(f"{str(e).splitlines()[0]} (usage: {usage})") from None

@@ -114,6 +114,7 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 0
     sample_every: int = 1
+    sample_epochs: List[int] = field(default_factory=list)
     sample_grid: int = 16  # the grid is sample_grid x sample_grid images
     sample_seed: int = 0  # noise bank for grids: the same for every epoch and every run
     ckpt_every: int = 10
@@ -129,6 +130,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    log_checkpoints: bool = False
 
 
 SCHEMAS = {
@@ -177,7 +179,7 @@ POSITIVE = [
     ("trainer", "sample_every"), ("trainer", "sample_grid"), ("trainer", "ckpt_every"),
     ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"),
 ]
-LOSS_TERMS = ("target", "eps", "x0")
+LOSS_TERMS = ("target", "eps", "x0", "ssim")
 
 
 class ConfigError(ValueError):

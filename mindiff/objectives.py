@@ -61,6 +61,8 @@ class AlphaBlend:
             terms["eps"] = F.mse_loss(x_t - (1 - tb) * v, eps)
         if "x0" in self.loss_terms:  # the x0 implied by v: x_t + t·v
             terms["x0"] = F.mse_loss(x_t + tb * v, x0)
+        if "ssim" in self.loss_terms:  # structure of the implied x0, not only its pixels
+            terms["ssim"] = 1 - structural_similarity_index_measure(x_t + tb * v, x0, data_range=2.0)
         return sum(terms.values()), {k: t.detach() for k, t in terms.items()}
 
     @torch.no_grad()

@@ -44,7 +44,8 @@ class Tracker:
                  project: str, entity: Optional[str], tags: Sequence[str], run_id: Optional[str] = None):
         self.mode = mode  # from choose_mode, called before any work starts
         kwargs = dict(project=project, entity=entity, dir=str(run_dir), config=config, name=name, group=group,
-                      tags=list(tags), id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
+                      tags=[t if len(t) <= 64 else t[:61] + "..." for t in tags],  # W&B allows 64 chars
+                      id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
                       settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off", silent=True))
         try:
             self.run = wandb.init(mode=self.mode, **kwargs)
@@ -70,6 +71,13 @@ class Tracker:
 
     def log_video(self, key: str, path: Path, step: int) -> None:
         self.run.log({key: wandb.Video(str(path), format="gif")}, step=step)
+
+    def log_checkpoint(self, path: Path, aliases: Sequence[str]) -> None:
+        if self.mode == "disabled":
+            return
+        artifact = wandb.Artifact(f"{self.run.id}-checkpoint", type="model")
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact, aliases=list(aliases))
 
     def summary(self, values: dict) -> None:
         self.run.summary.update(values)

@@ -1,13 +1,15 @@
 """THE training loop. It knows nothing about which model it trains: the objective says what the
-loss is and how to sample; the loop steps, logs, samples a fixed noise bank and checkpoints."""
+loss is, what to batch from, how progress looks and how it is scored; the loop steps, logs,
+writes grids and checkpoints."""
 
 import contextlib
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from hydra.utils import instantiate
@@ -30,6 +32,7 @@ class RunInfo:
     run_dir: Path
     name: str
     group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -63,14 +66,32 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+def checkpoint_to_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
+    if resume == "auto":
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", run_dir / "checkpoints")
+        return found
+    return Path(resume) if resume else None
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
 def train(cfg: DictConfig, info: RunInfo) -> dict:
-    """Train the model the config describes; returns the final metrics."""
+    """Train the model the config describes; returns the final metrics (also in run_dir/metrics.json)."""
     validate(cfg)
     wandb_mode = choose_mode(cfg.logger.mode)
     tc = cfg.trainer
     device = pick_device(tc.device)
-    torch.manual_seed(tc.seed)
+    ckpt_path = checkpoint_to_resume(tc.resume, info.run_dir)
+    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if state is not None and state["epoch"] >= tc.epochs:
+        log.info("%s already finished its %d epochs; nothing to train", info.run_dir, tc.epochs)
+        return {**state.get("metrics", {}), "status": "already finished"}
 
+    torch.manual_seed(tc.seed)
     autoencoder = load_autoencoder(cfg.autoencoder.ckpt) if cfg.autoencoder.ckpt else None
     objective = build_objective(cfg.schedule, autoencoder)
     data = instantiate(cfg.dataset)
@@ -83,12 +104,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     optimizer = instantiate(cfg.optim, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
     n_params = sum(p.numel() for p in model.parameters())
 
-    epoch, step, run_id = 0, 0, None
-    ckpt_path = latest_checkpoint(info.run_dir) if tc.resume == "auto" else (Path(tc.resume) if tc.resume else None)
-    if tc.resume == "auto" and ckpt_path is None:
-        log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", info.run_dir / "checkpoints")
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
+    epoch, step, run_id, metrics = 0, 0, None, {}
+    if state is not None:
         try:
             model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
         except RuntimeError as e:
@@ -96,13 +113,13 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                                   f"model config?): {e}") from None
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        epoch, step, run_id = state["epoch"], state["step"], state["wandb_run_id"]
+        epoch, step, run_id, metrics = state["epoch"], state["step"], state["wandb_run_id"], state.get("metrics", {})
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch, step)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     lc = cfg.logger
     tracker = Tracker(wandb_mode, info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
-                      lc.tags, run_id=run_id)
+                      [*lc.tags, *info.tags], run_id=run_id)
     tracker.summary({"parameters": n_params})
     log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{n_params:,}",
              steps_per_epoch, tc.batch_size, device, tc.precision)
@@ -114,21 +131,21 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     def write_samples(tag: str) -> None:
         with optimizer.averaged(model), amp:
             path = save_grid(to_uint8(objective.preview(model, bank)), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
-            metrics = objective.evaluate(model, data)
+            scores = {f"eval/{k}": v for k, v in objective.evaluate(model, data).items()}
         tracker.log_image("samples", path, step, caption=tag)
-        if metrics:
-            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-            tracker.summary({f"eval/{k}": v for k, v in metrics.items()})
-            log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if scores:
+            tracker.log(scores, step=step)
+            metrics.update(scores)
+            log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def write_checkpoint(*names: str) -> None:
         with optimizer.averaged(model) as train_weights:
-            state = {"config": resolved, "kind": objective.kind, "autoencoder": autoencoder,
-                     "model": model.state_dict(), "train_model": train_weights,
-                     "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
-                     "wandb_run_id": tracker.run_id, "parameters": n_params}
+            snapshot = {"config": resolved, "kind": objective.kind, "autoencoder": autoencoder,
+                        "model": model.state_dict(), "train_model": train_weights,
+                        "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
+                        "wandb_run_id": tracker.run_id, "parameters": n_params, "metrics": dict(metrics)}
             for name in names:
-                save_checkpoint(state, ckpt_dir / name)
+                save_checkpoint(snapshot, ckpt_dir / name)
 
     def flush(pending: list) -> list:
         losses = torch.stack(pending).tolist()  # the one host sync per log_every steps
@@ -141,11 +158,9 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         pending.clear()
         return losses
 
-    exit_code, last_loss = 1, float("nan")
+    exit_code = 1
     try:
         stopped = tc.max_steps is not None and step >= tc.max_steps
-        if epoch >= tc.epochs:
-            log.info("this run already finished its %d epochs; nothing to train", tc.epochs)
         while epoch < tc.epochs and not stopped:
             skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
@@ -174,26 +189,29 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 losses += flush(pending)
             bar.close()
             seconds = time.perf_counter() - start
-            images_per_s = len(losses) * tc.batch_size / seconds
-            last_loss = sum(losses) / max(1, len(losses))
             epoch_done = step == (epoch + 1) * steps_per_epoch
             epoch += int(epoch_done)
-            tracker.log({"epoch_time_s": seconds, "images_per_s": images_per_s, "epoch_loss": last_loss,
-                         "epoch": epoch}, step=step)
-            log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step, last_loss,
-                     images_per_s, seconds)
+            metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=epoch, steps=step,
+                           images_per_s=len(losses) * tc.batch_size / seconds)
+            tracker.log({"epoch_time_s": seconds, "images_per_s": metrics["images_per_s"],
+                         "epoch_loss": metrics["final_loss"], "epoch": epoch}, step=step)
+            log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step,
+                     metrics["final_loss"], metrics["images_per_s"], seconds)
             tag = f"epoch_{epoch:04d}" if epoch_done else f"step_{step:06d}"
-            run_ends = stopped or epoch == tc.epochs
-            if run_ends or (epoch_done and epoch % tc.sample_every == 0):
+            asked_for = epoch_done and epoch in tc.sample_epochs
+            if stopped or epoch == tc.epochs or asked_for or (epoch_done and epoch % tc.sample_every == 0):
                 write_samples(tag)
-            snapshot = epoch_done and epoch % tc.ckpt_every == 0
-            write_checkpoint("last.pt", *([f"{tag}.pt"] if snapshot else []))
+            keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
+            write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))
 
-        frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)
+        frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns)
         if len(frames) > 1:
             tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
-        metrics = {"final_loss": last_loss, "epochs": epoch, "steps": step}
+        if lc.log_checkpoints:
+            tracker.log_checkpoint(ckpt_dir / "last.pt", aliases=[f"epoch_{epoch:04d}", "latest"])
         tracker.summary(metrics)
+        metrics["status"] = "finished" if epoch == tc.epochs else "stopped"
+        write_metrics(info.run_dir, metrics)
         exit_code = 0
         return metrics
     finally:

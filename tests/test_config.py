@@ -67,7 +67,7 @@ def test_unknown_key_is_rejected():
     ("trainer.precision=fp16", "choose one of fp32, bf16"),
     ("logger.mode=cloud", "choose one of auto, online, offline, disabled"),
     ("schedule.t_sampling=beta", "choose one of uniform, logit_normal"),
-    ("schedule.loss_terms=[target,v]", "each term must be one of target, eps, x0"),
+    ("schedule.loss_terms=[target,v]", "each term must be one of target, eps, x0, ssim"),
 ])
 def test_validate_rejects_impossible_values(override, message):
     cfg = compose_cfg(override)

@@ -29,7 +29,7 @@ def test_autoencoder_run_logs_reconstructions_and_held_out_psnr(ae_run):
     grid = Image.open(ae_run / "samples" / "epoch_0002.png")  # input, reconstruction, input, ... per row
     assert grid.size == (4 * 14 + 2, 4 * 14 + 2)
     log = (ae_run / "train.log").read_text()
-    assert "epoch_0001  psnr" in log and "epoch_0002  psnr" in log
+    assert "epoch_0001  eval/psnr" in log and "epoch_0002  eval/psnr" in log
 
 
 def test_denoiser_trains_on_the_autoencoders_latents_and_writes_decoded_grids(ae_run, train_cli, tmp_path):

@@ -133,3 +133,11 @@ def test_a_truncated_checkpoint_is_named(tmp_path, train_cli):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     proc = run_cli("mindiff.sample", "ckpt=cut.pt", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "cut.pt is not a readable checkpoint" in proc.stderr
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, train_cli):
+    train_cli("trainer.epochs=2", "trainer.max_steps=3")
+    first = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["wandb_run_id"]
+    train_cli("trainer.epochs=2", "trainer.resume=auto")
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["wandb_run_id"] == first
+    assert all(p.name.endswith(first) for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))

@@ -1,0 +1,114 @@
+"""`python -m mindiff.compare DIR [epochs=[N,...]] [out=PREFIX]`
+
+Side by side, for the runs of a multirun dir: one image with a column per run, headed by what
+that run changed, showing its last sample grid (or one column per run and epoch, with
+`epochs`: a single run's progress); and a table of each run's final metrics as Markdown and
+CSV. Writes PREFIX.png, PREFIX.md, PREFIX.csv (default: DIR/compare).
+"""
+
+import csv
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from PIL import Image, ImageDraw, ImageFont
+
+from mindiff.cli import exit_on_user_error, parse_args
+from mindiff.config import ConfigError
+from mindiff.sweep import RunRecord, common_overrides, find_runs, summary_table
+
+HEADER_FONT_SIZE = 14
+
+
+@dataclass
+class CompareArgs:
+    dir: str
+    epochs: Optional[List[int]] = None  # default: each run's last grid
+    out: Optional[str] = None
+
+
+def pick_grid(run: RunRecord, epoch: Optional[int]) -> Optional[Path]:
+    samples = run.path / "samples"
+    if epoch is not None:
+        grid = samples / f"epoch_{epoch:04d}.png"
+        return grid if grid.is_file() else None
+    grids = sorted(samples.glob("epoch_*.png")) or sorted(samples.glob("step_*.png"))
+    return grids[-1] if grids else None
+
+
+def side_by_side(columns: List[tuple], pad: int = 12) -> Image.Image:
+    """columns: (heading, grid image or None); a missing grid is a grey box saying so."""
+    font = ImageFont.load_default(size=HEADER_FONT_SIZE)
+    width = max((im.width for _, im in columns if im is not None), default=256)
+    height = max((im.height for _, im in columns if im is not None), default=256)
+    chars = max(12, width // (HEADER_FONT_SIZE // 2 + 1))
+    headings = [textwrap.wrap(h, chars) or [""] for h, _ in columns]
+    header = (max(len(h) for h in headings) + 1) * (HEADER_FONT_SIZE + 4)
+    canvas = Image.new("RGB", (len(columns) * (width + pad) + pad, header + height + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, ((_, im), lines) in enumerate(zip(columns, headings)):
+        x = pad + i * (width + pad)
+        draw.multiline_text((x, pad // 2), "\n".join(lines), fill="black", font=font, spacing=4)
+        if im is None:
+            draw.rectangle((x, header, x + width, header + height), fill=(200, 200, 200))
+            draw.text((x + 8, header + 8), "no grid", fill="black", font=font)
+        else:
+            canvas.paste(im.convert("RGB"), (x, header))
+    return canvas
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def compare(args: CompareArgs) -> dict:
+    sweep_dir = Path(args.dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"dir={args.dir!r}: no such folder (give a multirun dir, e.g. multirun/mnist_lr)")
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise ConfigError(f"{sweep_dir} holds no runs (folders with .hydra/overrides.yaml)")
+    prefix = Path(args.out) if args.out else sweep_dir / "compare"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    common = common_overrides(runs)
+    columns = []
+    for run in runs:
+        heading = ", ".join(o for o in run.overrides if o not in common) or "(defaults)"
+        if run.status != "finished":
+            heading += f"  [{run.status}]"
+        for epoch in args.epochs or [None]:
+            grid = pick_grid(run, epoch)
+            label = heading if epoch is None else (f"epoch {epoch}" if len(runs) == 1 else f"{heading} @ {epoch}")
+            columns.append((label, Image.open(grid) if grid else None))
+    side_by_side(columns).save(prefix.with_suffix(".png"))
+
+    rows = summary_table(runs)
+    keys = list(rows[0])
+    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    table += ["| " + " | ".join(fmt(row[k]) for k in keys) + " |" for row in rows]
+    if common:
+        table.append(f"\nShared by all runs: `{' '.join(sorted(common))}`")
+    prefix.with_suffix(".md").write_text("\n".join(table) + "\n")
+    return {"image": prefix.with_suffix(".png"), "table": "\n".join(table), "runs": runs}
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and "=" not in argv[0]:  # the folder may be given bare: mindiff.compare multirun/mnist_lr
+        argv[0] = f"dir={argv[0]}"
+    with exit_on_user_error("mindiff.compare"):
+        result = compare(parse_args(CompareArgs, argv, __doc__.strip().splitlines()[0]))
+        print(result["table"])
+        print(f"\nwrote {result['image']} (+ .md, .csv)")
+
+
+if __name__ == "__main__":
+    main()

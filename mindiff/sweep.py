@@ -1,0 +1,81 @@
+"""Reading a sweep's run dirs back: what each run changed, how it ended, its final metrics.
+Used by the end-of-sweep summary (a Hydra callback) and by `mindiff.compare`."""
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    overrides: List[str]
+    status: str  # finished | stopped | failed | running or killed
+    reason: str = ""
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.overrides) or self.path.name
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    metrics_file, failed = run_dir / "metrics.json", run_dir / "FAILED"
+    if failed.is_file():
+        return RunRecord(run_dir, overrides, "failed", failed.read_text().splitlines()[0])
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        return RunRecord(run_dir, overrides, metrics.pop("status", "finished"), metrics=metrics)
+    return RunRecord(run_dir, overrides, "running or killed", "no metrics.json: resume it with trainer.resume=auto")
+
+
+def find_runs(sweep_dir: Path) -> List[RunRecord]:
+    """The run dirs under a multirun dir (or the dir itself if it is one run), in job order."""
+    dirs = [sweep_dir] if (sweep_dir / ".hydra" / "overrides.yaml").is_file() else [
+        p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+
+    def job_number(p: Path):
+        head = p.name.split("_", 1)[0]
+        return (int(head), p.name) if head.isdigit() else (sys.maxsize, p.name)
+
+    return [read_run(d) for d in sorted(dirs, key=job_number)]
+
+
+def common_overrides(runs: List[RunRecord]) -> set:
+    sets = [set(r.overrides) for r in runs]
+    return set.intersection(*sets) if len(sets) > 1 else set()
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: one line per run, and a non-zero exit if any run failed."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        runs = find_runs(sweep_dir)
+        failed = [r for r in runs if r.status == "failed"]
+        lines = [f"sweep {sweep_dir}: {len(runs) - len(failed)} of {len(runs)} runs ok"]
+        for r in runs:
+            detail = r.reason or (f"final_loss {r.metrics['final_loss']:.4f}" if "final_loss" in r.metrics else "")
+            lines.append(f"  {r.status:<9} {r.path.name}  {detail}")
+        log.info("\n".join(lines))
+        if failed:
+            sys.exit(1)
+
+
+def summary_table(runs: List[RunRecord], keys: Optional[List[str]] = None) -> List[dict]:
+    keys = keys or sorted({k for r in runs for k in r.metrics if k != "status"})
+    common = common_overrides(runs)
+    return [{"run": r.path.name, "overrides": ",".join(o for o in r.overrides if o not in common) or "(defaults)",
+             "status": r.status, **{k: r.metrics.get(k) for k in keys}} for r in runs]
