@@ -122,6 +122,19 @@ class TrainerConfig:
     resume: Optional[str] = None  # null | auto | PATH
 
 
+# ---- eval ------------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    every: Optional[int] = 1  # epochs between evaluations; null: never
+    n: int = 1000
+    seed: int = 0
+    classifier_epochs: int = 3
+    fid: bool = False
+    inception_weights: Optional[str] = None  # PATH | download | null (torch hub cache)
+    cache_dir: str = "~/.cache/mindiff"
+    objective: str = "final_loss"  # the metric train() returns, e.g. for Optuna: final_loss | eval/fld | ...
+
+
 # ---- logger ----------------------------------------------------------------------------------
 @dataclass
 class LoggerConfig:
@@ -140,6 +153,7 @@ SCHEMAS = {
     "schedule": {"alpha_blend_schema": AlphaBlendConfig, "reconstruction_schema": ReconstructionConfig},
     "optim": {"optim_schema": OptimConfig},
     "trainer": {"trainer_schema": TrainerConfig},
+    "eval": {"eval_schema": EvalConfig},
     "logger": {"wandb_schema": LoggerConfig},
 }
 
@@ -177,7 +191,8 @@ CHOICES = {
 POSITIVE = [
     ("trainer", "epochs"), ("trainer", "batch_size"), ("trainer", "max_steps"),
     ("trainer", "sample_every"), ("trainer", "sample_grid"), ("trainer", "ckpt_every"),
-    ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"),
+    ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"), ("eval", "every"), ("eval", "n"),
+    ("eval", "classifier_epochs"),
 ]
 LOSS_TERMS = ("target", "eps", "x0", "ssim")
 

@@ -5,7 +5,7 @@ An objective has no I/O and knows no model internals. The training loop asks it 
   loss(model, x, y)               a scalar and its detached terms
   preview_bank(data, n, gen, dev) fixed inputs for the progress grids (the same every epoch)
   preview(model, bank)            the grid's images in [-1, 1]
-  evaluate(model, data)           held-out metrics (may be empty)
+  evaluate(model, data, evaluator, n, seed)   held-out metrics (may be empty)
 """
 
 from typing import Dict, Optional, Sequence, Tuple
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
-from mindiff.data import Dataset, PixelBatches, to_unit_range
+from mindiff.data import Dataset, PixelBatches, to_uint8, to_unit_range
 
 Terms = Dict[str, torch.Tensor]
 
@@ -82,8 +82,23 @@ class AlphaBlend:
     def preview(self, model, bank: dict) -> torch.Tensor:
         return self.sample(model, bank["noise"], bank["labels"])
 
-    def evaluate(self, model, data: Dataset) -> Dict[str, float]:
-        return {}
+    def generate(self, model, labels: torch.Tensor, image_shape: Sequence[int], seed: int = 0,
+                 batch_size: int = 500, steps: Optional[int] = None, progress: bool = False) -> torch.Tensor:
+        """uint8 samples conditioned on `labels`, from seeded noise (the same whatever the batch size)."""
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(len(labels), *self.sample_shape(image_shape), generator=g)
+        chunks = [to_uint8(self.sample(model, noise[i:i + batch_size].to(device), labels[i:i + batch_size].to(device),
+                                       steps)).cpu()
+                  for i in tqdm(range(0, len(labels), batch_size), desc="sampling", unit="batch", leave=False,
+                                disable=not progress)]
+        return torch.cat(chunks)
+
+    def evaluate(self, model, data: Dataset, evaluator=None, n: int = 1000, seed: int = 0) -> Dict[str, float]:
+        if evaluator is None:
+            return {}
+        labels = torch.arange(n) % data.num_classes
+        return evaluator(self.generate(model, labels, data.image_shape, seed), labels)
 
 
 class LatentBatches:
@@ -160,13 +175,20 @@ class Reconstruction:
         return torch.stack([x, model(x).float()], dim=1).flatten(0, 1)
 
     @torch.no_grad()
-    def evaluate(self, model, data: Dataset, batch_size: int = 250) -> Dict[str, float]:
+    def evaluate(self, model, data: Dataset, evaluator=None, n: int = 1000, seed: int = 0,
+                 batch_size: int = 250) -> Dict[str, float]:
+        """PSNR and SSIM of held-out reconstructions; with an evaluator, also the classifier-feature
+        distance of the reconstructions."""
         device = next(model.parameters()).device
-        images = data.test.images[: self.eval_images]
-        psnr, ssim = [], []
+        images = data.test.images[: max(self.eval_images, n if evaluator else 0)]
+        psnr, ssim, recons = [], [], []
         for i in range(0, len(images), batch_size):
             x = to_unit_range(images[i:i + batch_size].to(device))
             recon = model(x).float().clamp(-1, 1)
             psnr.append(peak_signal_noise_ratio(recon, x, data_range=2.0) * len(x))
             ssim.append(structural_similarity_index_measure(recon, x, data_range=2.0) * len(x))
-        return {"psnr": (sum(psnr) / len(images)).item(), "ssim": (sum(ssim) / len(images)).item()}
+            recons.append(to_uint8(recon).cpu())
+        scores = {"psnr": (sum(psnr) / len(images)).item(), "ssim": (sum(ssim) / len(images)).item()}
+        if evaluator is not None:
+            scores.update(evaluator(torch.cat(recons)[:n]))
+        return scores

@@ -11,11 +11,9 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mindiff.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
 from mindiff.config import ConfigError
-from mindiff.data import to_uint8
 from mindiff.cli import exit_on_user_error, parse_args
 from mindiff.images import save_grid
 from mindiff.trainer import autocast, pick_device
@@ -50,15 +48,9 @@ def sample(args: SampleArgs) -> dict:
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ConfigError(f"classes={args.classes}: this model knows classes 0..{num_classes - 1}")
     labels = classes[torch.arange(args.n) % len(classes)]
-    shape = objective.sample_shape((cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size))
-    g = torch.Generator().manual_seed(args.seed)
-    chunks = []
-    for start in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch"):
-        y = labels[start:start + args.batch_size]
-        noise = torch.randn(len(y), *shape, generator=g)
-        with autocast(device, args.precision):
-            chunks.append(to_uint8(objective.sample(model, noise.to(device), y.to(device), steps=args.steps)).cpu())
-    images = torch.cat(chunks)
+    image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    with autocast(device, args.precision):
+        images = objective.generate(model, labels, image_shape, args.seed, args.batch_size, args.steps, progress=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":

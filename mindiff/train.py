@@ -46,11 +46,11 @@ def main(cfg: DictConfig) -> float:
     failed = info.run_dir / "FAILED"
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with exit_on_user_error("mindiff.train"):
-            return train(cfg, info)["final_loss"]
+            return train(cfg, info).get(cfg.eval.objective, math.nan)
     try:
         metrics = train(cfg, info)
         failed.unlink(missing_ok=True)
-        return metrics.get("final_loss", math.nan)
+        return metrics.get(cfg.eval.objective, math.nan)
     except Exception as e:  # one failed run must not stop or lose the others
         reason = str(user_error(e) or f"{type(e).__name__}: {e}").strip().splitlines()[0]
         log.error("run %s failed: %s", info.name, reason)

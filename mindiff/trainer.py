@@ -21,6 +21,7 @@ from mindiff.checkpoint import (CheckpointError, build_objective, latest_checkpo
 from mindiff.config import validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8
 from mindiff.images import save_gif, save_grid
+from mindiff.metrics import Evaluator
 from mindiff.tracking import Tracker, choose_mode
 
 log = logging.getLogger(__name__)
@@ -128,15 +129,30 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     samples_dir, ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
     amp = autocast(device, tc.precision)
 
+    ec, evaluator = cfg.eval, None
+
+    def side_effect_free():
+        """Grids and evaluations must not draw from the training RNG: a run that evaluates (or is
+        stopped and resumed) trains exactly like one that does not."""
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
     def write_samples(tag: str) -> None:
-        with optimizer.averaged(model), amp:
+        with side_effect_free(), optimizer.averaged(model), amp:
             path = save_grid(to_uint8(objective.preview(model, bank)), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
-            scores = {f"eval/{k}": v for k, v in objective.evaluate(model, data).items()}
         tracker.log_image("samples", path, step, caption=tag)
-        if scores:
-            tracker.log(scores, step=step)
-            metrics.update(scores)
-            log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    def evaluate(tag: str) -> None:
+        nonlocal evaluator
+        with side_effect_free():
+            if evaluator is None:  # trains the scoring classifier the first time a dataset is seen
+                evaluator = Evaluator(data, device, ec.cache_dir, ec.classifier_epochs, ec.inception_weights, ec.fid)
+        with side_effect_free(), optimizer.averaged(model), amp:
+            scores = {f"eval/{k}": v for k, v in objective.evaluate(model, data, evaluator, ec.n, ec.seed).items()}
+        tracker.log(scores, step=step)
+        metrics.update(scores)
+        with open(info.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch, "step": step, **scores}) + "\n")
+        log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def write_checkpoint(*names: str) -> None:
         with optimizer.averaged(model) as train_weights:
@@ -201,6 +217,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
             asked_for = epoch_done and epoch in tc.sample_epochs
             if stopped or epoch == tc.epochs or asked_for or (epoch_done and epoch % tc.sample_every == 0):
                 write_samples(tag)
+            if ec.every and (stopped or epoch == tc.epochs or (epoch_done and epoch % ec.every == 0)):
+                evaluate(tag)
             keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
             write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))
 

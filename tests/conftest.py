@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # A model and data small enough that a CLI run takes seconds on 2 CPU cores.
+# Decode caches and evaluation classifiers of this test session stay out of the user's ~/.cache.
+os.environ["MINDIFF_CACHE"] = tempfile.mkdtemp(prefix="mindiff-test-cache-")
+
 TINY_RUN = ["dataset=tiny", "trainer.batch_size=64", "optim.warmup_steps=5", "trainer.sample_grid=4",
-            "trainer.device=cpu", "logger.mode=offline"]
+            "trainer.device=cpu", "logger.mode=offline", "eval.n=64", "eval.classifier_epochs=2"]
 TINY_MLP2 = ["model.hidden_dim=64", "model.class_embed_dim=8"]
 TINY = TINY_RUN + TINY_MLP2
 

@@ -1,0 +1,86 @@
+"""Sample-quality metrics: the Fréchet distance, the evaluation classifier, FID's offline behaviour, the CLI."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from mindiff.data import tiny
+from mindiff.metrics import FID, Evaluator, frechet_distance, gaussian_stats, predict, train_classifier
+
+from conftest import run_cli
+
+
+def scipy_frechet(mu1, s1, mu2, s2):
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def random_cov(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_frechet_distance_matches_scipy_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    for d in (2, 16, 64):
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        s1, s2 = random_cov(rng, d), random_cov(rng, d)
+        ours = frechet_distance(*(torch.from_numpy(v) for v in (mu1, s1, mu2, s2)))
+        assert ours == pytest.approx(scipy_frechet(mu1, s1, mu2, s2), rel=1e-6, abs=1e-8)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+    feats = torch.randn(2000, 32, generator=torch.Generator().manual_seed(0))
+    assert abs(frechet_distance(*gaussian_stats(feats), *gaussian_stats(feats))) < 1e-6
+    shifted = frechet_distance(*gaussian_stats(feats + 1.0), *gaussian_stats(feats))
+    assert shifted == pytest.approx(32.0, rel=1e-6)  # ||mu1 - mu2||² = 32 x 1²
+
+
+def test_classifier_trained_on_the_tiny_dataset_is_at_least_95_percent_accurate():
+    data = tiny(train_size=512, test_size=200)
+    model = train_classifier(data, "cpu", epochs=3)
+    _, preds = predict(model, data.test.images, "cpu")
+    assert (preds == data.test.labels).float().mean() >= 0.95
+
+
+def test_evaluator_scores_real_images_near_the_floor_and_noise_far_from_it(tmp_path):
+    data = tiny(train_size=512, test_size=256)
+    evaluator = Evaluator(data, "cpu", str(tmp_path), classifier_epochs=3)
+    assert len(list(tmp_path.glob("classifier-*.pt"))) == 1  # cached, keyed by the dataset
+    real = evaluator(data.train.images[:256], data.train.labels[:256])
+    noise = evaluator(torch.randint(0, 256, (256, 1, 12, 12), dtype=torch.uint8), data.train.labels[:256])
+    assert real["class_accuracy"] > 0.95 and noise["class_accuracy"] < 0.5
+    assert real["fld"] < 3 * real["fld_floor"] + 1 < noise["fld"]
+    assert Evaluator(data, "cpu", str(tmp_path), classifier_epochs=3).classifier_accuracy == real["classifier_accuracy"]
+
+
+def test_fid_without_weights_says_what_to_do_and_does_not_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    start = time.monotonic()
+    fid = FID(None)
+    assert "eval.inception_weights=PATH" in fid.reason
+    assert fid(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, 1, 8, 8, dtype=torch.uint8)) == {}
+    assert "no such file" in FID(str(tmp_path / "missing.pth")).reason
+    assert time.monotonic() - start < 5
+
+
+def test_evaluate_cli_writes_the_documented_json(tmp_path, train_cli):
+    train_cli("trainer.epochs=1", "logger.mode=disabled", "eval.every=1")
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    run_cli("mindiff.evaluate", f"ckpt={tmp_path / 'run/checkpoints/last.pt'}", "n=50", "out=m.json",
+            "classifier_epochs=2", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"kind", "epoch", "n", "fld", "fld_floor", "class_accuracy", "classifier_accuracy"} <= set(metrics)
+    assert metrics["n"] == 50 and metrics["kind"] == "diffusion" and metrics["fld"] > 0
+
+
+def test_optuna_sweep_optimises_the_chosen_metric(tmp_path):
+    from conftest import REPO, TINY
+    run_cli("mindiff.train", "-m", "-cd", str(REPO / "sweeps"), "-cn", "mnist_optuna", *TINY, "trainer.epochs=1",
+            "logger.mode=disabled", "hydra.sweeper.n_trials=2", "trainer.batch_size=choice(32,64)", cwd=tmp_path)
+    results = (tmp_path / "multirun" / "mnist_optuna" / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "optim.lr" in results and "best_value" in results
