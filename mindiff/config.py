@@ -118,6 +118,7 @@ class TrainerConfig:
     sample_grid: int = 16  # the grid is sample_grid x sample_grid images
     sample_seed: int = 0  # noise bank for grids: the same for every epoch and every run
     ckpt_every: int = 10
+    keep_last: Optional[int] = None  # epoch snapshots to keep (plus sample_epochs'); null: all
     log_every: int = 10  # steps between host syncs for the loss log
     resume: Optional[str] = None  # null | auto | PATH
 
@@ -192,7 +193,7 @@ POSITIVE = [
     ("trainer", "epochs"), ("trainer", "batch_size"), ("trainer", "max_steps"),
     ("trainer", "sample_every"), ("trainer", "sample_grid"), ("trainer", "ckpt_every"),
     ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"), ("eval", "every"), ("eval", "n"),
-    ("eval", "classifier_epochs"),
+    ("eval", "classifier_epochs"), ("trainer", "keep_last"),
 ]
 LOSS_TERMS = ("target", "eps", "x0", "ssim")
 

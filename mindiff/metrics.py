@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mindiff.data import Dataset, ImageSet, epoch_batches, to_unit_range
+from mindiff.data import Dataset, epoch_batches, to_unit_range
 from mindiff.models.classifier import Classifier
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,42 @@ def checkpoint_to_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]
             log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", run_dir / "checkpoints")
         return found
     return Path(resume) if resume else None
+
+
+class StopSignal:
+    """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to stop after the current step; the run
+    then saves a checkpoint, closes its W&B run and exits non-zero."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self.request)
+            except ValueError:  # not the main thread: leave signals to whoever owns them
+                pass
+        return self
+
+    def request(self, signum, frame) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def prune_snapshots(ckpt_dir: Path, keep_last: Optional[int], keep_epochs) -> None:
+    """Keep the newest `keep_last` epoch snapshots, plus those at the epochs a sweep asked for."""
+    if keep_last is None:
+        return
+    kept = {f"epoch_{e:04d}.pt" for e in keep_epochs}
+    snapshots = sorted(p for p in ckpt_dir.glob("epoch_*.pt") if p.name not in kept)
+    for old in snapshots[: max(0, len(snapshots) - keep_last)]:
+        old.unlink()
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
@@ -175,62 +212,70 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         return losses
 
     exit_code = 1
-    try:
-        stopped = tc.max_steps is not None and step >= tc.max_steps
-        while epoch < tc.epochs and not stopped:
-            skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
-                       dynamic_ncols=True, leave=False)
-            pending, losses, start = [], [], time.perf_counter()
-            for i, idx in enumerate(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device)):
-                if i < skip:
-                    continue
-                x, y = inputs.batch(idx)
-                with amp:
-                    loss, _ = objective.loss(model, x, y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step += 1
-                pending.append(loss.detach())
-                bar.update(1)
-                if len(pending) == tc.log_every:
+    with StopSignal() as stop_signal:
+        try:
+            stopped = tc.max_steps is not None and step >= tc.max_steps
+            while epoch < tc.epochs and not stopped:
+                skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
+                bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
+                           dynamic_ncols=True, leave=False)
+                pending, losses, start = [], [], time.perf_counter()
+                for i, idx in enumerate(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device)):
+                    if i < skip:
+                        continue
+                    x, y = inputs.batch(idx)
+                    with amp:
+                        loss, _ = objective.loss(model, x, y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    pending.append(loss.detach())
+                    bar.update(1)
+                    if len(pending) == tc.log_every:
+                        losses += flush(pending)
+                        rate = len(losses) * tc.batch_size / (time.perf_counter() - start)
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
+                    stopped = (tc.max_steps is not None and step >= tc.max_steps) or stop_signal.signum is not None
+                    if stopped:
+                        break
+                if pending:
                     losses += flush(pending)
-                    rate = len(losses) * tc.batch_size / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
-                stopped = tc.max_steps is not None and step >= tc.max_steps
-                if stopped:
-                    break
-            if pending:
-                losses += flush(pending)
-            bar.close()
-            seconds = time.perf_counter() - start
-            epoch_done = step == (epoch + 1) * steps_per_epoch
-            epoch += int(epoch_done)
-            metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=epoch, steps=step,
-                           images_per_s=len(losses) * tc.batch_size / seconds)
-            tracker.log({"epoch_time_s": seconds, "images_per_s": metrics["images_per_s"],
-                         "epoch_loss": metrics["final_loss"], "epoch": epoch}, step=step)
-            log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step,
-                     metrics["final_loss"], metrics["images_per_s"], seconds)
-            tag = f"epoch_{epoch:04d}" if epoch_done else f"step_{step:06d}"
-            asked_for = epoch_done and epoch in tc.sample_epochs
-            if stopped or epoch == tc.epochs or asked_for or (epoch_done and epoch % tc.sample_every == 0):
-                write_samples(tag)
-            if ec.every and (stopped or epoch == tc.epochs or (epoch_done and epoch % ec.every == 0)):
-                evaluate(tag)
-            keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
-            write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))
+                bar.close()
+                seconds = time.perf_counter() - start
+                epoch_done = step == (epoch + 1) * steps_per_epoch
+                epoch += int(epoch_done)
+                metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=epoch, steps=step,
+                               images_per_s=len(losses) * tc.batch_size / seconds)
+                tracker.log({"epoch_time_s": seconds, "images_per_s": metrics["images_per_s"],
+                             "epoch_loss": metrics["final_loss"], "epoch": epoch}, step=step)
+                log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step,
+                         metrics["final_loss"], metrics["images_per_s"], seconds)
+                tag = f"epoch_{epoch:04d}" if epoch_done else f"step_{step:06d}"
+                asked_for = epoch_done and epoch in tc.sample_epochs
+                run_ends = epoch == tc.epochs or (stopped and stop_signal.signum is None)  # a signal: save, go
+                if run_ends or asked_for or (epoch_done and epoch % tc.sample_every == 0):
+                    write_samples(tag)
+                if ec.every and (run_ends or (epoch_done and epoch % ec.every == 0)):
+                    evaluate(tag)
+                keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
+                write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))
+                prune_snapshots(ckpt_dir, tc.keep_last, tc.sample_epochs)
+            if stop_signal.signum is not None:
+                name = signal.Signals(stop_signal.signum).name
+                log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with hydra.run.dir=%s "
+                            "trainer.resume=auto", name, step, ckpt_dir / "last.pt", info.run_dir)
+                raise SystemExit(128 + stop_signal.signum)
 
-        frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns)
-        if len(frames) > 1:
-            tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
-        if lc.log_checkpoints:
-            tracker.log_checkpoint(ckpt_dir / "last.pt", aliases=[f"epoch_{epoch:04d}", "latest"])
-        tracker.summary(metrics)
-        metrics["status"] = "finished" if epoch == tc.epochs else "stopped"
-        write_metrics(info.run_dir, metrics)
-        exit_code = 0
-        return metrics
-    finally:
-        tracker.finish(exit_code)
+            frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns)
+            if len(frames) > 1:
+                tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
+            if lc.log_checkpoints:
+                tracker.log_checkpoint(ckpt_dir / "last.pt", aliases=[f"epoch_{epoch:04d}", "latest"])
+            tracker.summary(metrics)
+            metrics["status"] = "finished" if epoch == tc.epochs else "stopped"
+            write_metrics(info.run_dir, metrics)
+            exit_code = 0
+            return metrics
+        finally:
+            tracker.finish(exit_code)

@@ -1,5 +1,11 @@
 """The real entrypoint in a subprocess: Hydra, the loop, checkpoints, grids and offline W&B files."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +13,7 @@ from PIL import Image
 
 from mindiff.checkpoint import load_checkpoint
 
-from conftest import run_cli
+from conftest import TINY, run_cli
 
 
 def test_smoke_run_writes_checkpoint_grid_video_and_offline_wandb_run(tmp_path, train_cli):
@@ -40,7 +46,6 @@ def test_ckpt_every_keeps_epoch_snapshots(tmp_path, train_cli):
 
 
 def test_multirun_over_two_lrs_writes_two_runs_in_one_wandb_group(tmp_path):
-    from conftest import TINY
     run_cli("mindiff.train", "-m", *TINY, "trainer.epochs=1", "optim.lr=1e-3,5e-3", "hydra.sweep.dir=sweep",
             cwd=tmp_path)
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != ".hydra"
@@ -141,3 +146,27 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, train_cli):
     train_cli("trainer.epochs=2", "trainer.resume=auto")
     assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["wandb_run_id"] == first
     assert all(p.name.endswith(first) for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_sigterm_saves_a_checkpoint_closes_wandb_and_exits_nonzero(tmp_path):
+    env_args = [sys.executable, "-m", "mindiff.train", *TINY, "trainer.epochs=100000", "trainer.batch_size=8",
+                "eval.every=null", "hydra.run.dir=run"]
+    proc = subprocess.Popen(env_args, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first epoch has ended: training is under way
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in out + err and "trainer.resume=auto" in out + err
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] > 0 and state["step"] % 64 != 0  # saved mid-epoch, where it stopped
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_keep_last_prunes_old_snapshots_but_keeps_asked_for_epochs(tmp_path, train_cli):
+    train_cli("trainer.epochs=5", "trainer.ckpt_every=1", "trainer.keep_last=2", "trainer.sample_epochs=[1]",
+              "logger.mode=disabled", "eval.every=null")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert names == ["epoch_0001.pt", "epoch_0004.pt", "epoch_0005.pt", "last.pt"]
