@@ -112,6 +112,8 @@ class TrainerConfig:
     max_steps: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    compile: bool = False
     seed: int = 0
     sample_every: int = 1
     sample_epochs: List[int] = field(default_factory=list)

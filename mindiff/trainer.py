@@ -137,7 +137,12 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset "
                            f"({len(data.train)} images); lower it")
     model = instantiate(cfg.model).to(device)
-    inputs = objective.inputs(data, device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
+    amp = autocast(device, tc.precision)
+    with amp:  # latents of a frozen autoencoder are encoded once, in the run's precision
+        inputs = objective.inputs(data, device)
     steps_per_epoch = len(inputs) // tc.batch_size
     optimizer = instantiate(cfg.optim, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
     n_params = sum(p.numel() for p in model.parameters())
@@ -164,7 +169,6 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
 
     bank = objective.preview_bank(data, tc.sample_grid, torch.Generator().manual_seed(tc.sample_seed), device)
     samples_dir, ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
-    amp = autocast(device, tc.precision)
 
     ec, evaluator = cfg.eval, None
 
@@ -225,7 +229,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                         continue
                     x, y = inputs.batch(idx)
                     with amp:
-                        loss, _ = objective.loss(model, x, y)
+                        loss, _ = objective.loss(train_model, x, y)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
