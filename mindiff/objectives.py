@@ -48,9 +48,13 @@ class AlphaBlend:
             return torch.sigmoid(torch.randn(n, device=device))
         return torch.rand(n, device=device)
 
-    def loss(self, model, x0: torch.Tensor, y: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Terms]:
-        eps = torch.randn_like(x0)
-        t = self.draw_t(len(x0), x0.device)
+    def loss(self, model, x0: torch.Tensor, y: Optional[torch.Tensor],
+             shard: slice = slice(None)) -> Tuple[torch.Tensor, Terms]:
+        """`shard`: this process's part of the global batch; the noise is drawn for the whole batch
+        first, so data-parallel ranks see exactly what one process would."""
+        eps = torch.randn_like(x0)[shard]
+        t = self.draw_t(len(x0), x0.device)[shard]
+        x0, y = x0[shard], (y[shard] if y is not None else None)
         tb = t.view(-1, *([1] * (x0.dim() - 1)))
         x_t = (1 - tb) * x0 + tb * eps
         v = model(x_t, t, y).float()
@@ -157,7 +161,8 @@ class Reconstruction:
     def inputs(self, data: Dataset, device) -> PixelBatches:
         return PixelBatches(data.train.to(device), data.hflip)
 
-    def loss(self, model, x: torch.Tensor, y=None) -> Tuple[torch.Tensor, Terms]:
+    def loss(self, model, x: torch.Tensor, y=None, shard: slice = slice(None)) -> Tuple[torch.Tensor, Terms]:
+        x = x[shard]
         recon = model(x).float()
         terms = {"mse": F.mse_loss(recon, x)}
         if self.ssim_weight:

@@ -20,7 +20,9 @@ from tqdm import tqdm
 from mindiff.checkpoint import (CheckpointError, build_objective, latest_checkpoint, load_autoencoder,
                                 load_checkpoint, save_checkpoint)
 from mindiff.config import validate
+from mindiff.config import ConfigError
 from mindiff.data import DatasetError, epoch_batches, to_uint8
+from mindiff.distributed import Dist
 from mindiff.images import save_gif, save_grid
 from mindiff.metrics import Evaluator
 from mindiff.tracking import Tracker, choose_mode
@@ -35,6 +37,7 @@ class RunInfo:
     name: str
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    dist: Dist = Dist()  # this process's rank; rank 0 alone writes checkpoints, grids and W&B
 
 
 def pick_device(requested: str) -> torch.device:
@@ -121,8 +124,13 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     """Train the model the config describes; returns the final metrics (also in run_dir/metrics.json)."""
     validate(cfg)
     wandb_mode = choose_mode(cfg.logger.mode)
-    tc = cfg.trainer
+    tc, d = cfg.trainer, info.dist
+    if tc.batch_size % d.world:
+        raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must divide evenly over "
+                          f"{d.world} processes")
     device = pick_device(tc.device)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
     ckpt_path = checkpoint_to_resume(tc.resume, info.run_dir)
     state = load_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None and state["epoch"] >= tc.epochs:
@@ -140,10 +148,14 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
+    if d.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = autocast(device, tc.precision)
     with amp:  # latents of a frozen autoencoder are encoded once, in the run's precision
         inputs = objective.inputs(data, device)
     steps_per_epoch = len(inputs) // tc.batch_size
+    shard = d.shard(tc.batch_size)  # this process's slice of every global batch
     optimizer = instantiate(cfg.optim, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -161,7 +173,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     lc = cfg.logger
-    tracker = Tracker(wandb_mode, info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
+    tracker = Tracker(wandb_mode if d.main else "disabled", info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
                       [*lc.tags, *info.tags], run_id=run_id)
     tracker.summary({"parameters": n_params})
     log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{n_params:,}",
@@ -178,12 +190,16 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
     def write_samples(tag: str) -> None:
+        if not d.main:
+            return
         with side_effect_free(), optimizer.averaged(model), amp:
             path = save_grid(to_uint8(objective.preview(model, bank)), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
         tracker.log_image("samples", path, step, caption=tag)
 
     def evaluate(tag: str) -> None:
         nonlocal evaluator
+        if not d.main:
+            return
         with side_effect_free():
             if evaluator is None:  # trains the scoring classifier the first time a dataset is seen
                 evaluator = Evaluator(data, device, ec.cache_dir, ec.classifier_epochs, ec.inception_weights, ec.fid)
@@ -196,6 +212,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
     def write_checkpoint(*names: str) -> None:
+        if not d.main:
+            return
         with optimizer.averaged(model) as train_weights:
             snapshot = {"config": resolved, "kind": objective.kind, "autoencoder": autoencoder,
                         "model": model.state_dict(), "train_model": train_weights,
@@ -205,7 +223,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 save_checkpoint(snapshot, ckpt_dir / name)
 
     def flush(pending: list) -> list:
-        losses = torch.stack(pending).tolist()  # the one host sync per log_every steps
+        losses = d.mean(torch.stack(pending).tolist())  # the one host sync per log_every steps
         first = step - len(losses) + 1
         for i, value in enumerate(losses):
             if not math.isfinite(value):
@@ -229,7 +247,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                         continue
                     x, y = inputs.batch(idx)
                     with amp:
-                        loss, _ = objective.loss(train_model, x, y)
+                        loss, _ = objective.loss(train_model, x, y, shard)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -240,7 +258,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                         losses += flush(pending)
                         rate = len(losses) * tc.batch_size / (time.perf_counter() - start)
                         bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
-                    stopped = (tc.max_steps is not None and step >= tc.max_steps) or stop_signal.signum is not None
+                    stopped = (tc.max_steps is not None and step >= tc.max_steps) or d.any(stop_signal.signum is not None)
                     if stopped:
                         break
                 if pending:
@@ -264,21 +282,24 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                     evaluate(tag)
                 keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
                 write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))
-                prune_snapshots(ckpt_dir, tc.keep_last, tc.sample_epochs)
+                if d.main:
+                    prune_snapshots(ckpt_dir, tc.keep_last, tc.sample_epochs)
             if stop_signal.signum is not None:
                 name = signal.Signals(stop_signal.signum).name
                 log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with hydra.run.dir=%s "
                             "trainer.resume=auto", name, step, ckpt_dir / "last.pt", info.run_dir)
                 raise SystemExit(128 + stop_signal.signum)
 
-            frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns)
+            d.check_in_sync(model)
+            frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns) if d.main else []
             if len(frames) > 1:
                 tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
             if lc.log_checkpoints:
                 tracker.log_checkpoint(ckpt_dir / "last.pt", aliases=[f"epoch_{epoch:04d}", "latest"])
             tracker.summary(metrics)
             metrics["status"] = "finished" if epoch == tc.epochs else "stopped"
-            write_metrics(info.run_dir, metrics)
+            if d.main:
+                write_metrics(info.run_dir, metrics)
             exit_code = 0
             return metrics
         finally:
