@@ -97,7 +97,7 @@ def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, w
     from mindiff.trainer import RunInfo, train
     workdir = Path(workdir)
     cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={steps}", f"trainer.precision={precision}",
-                   f"trainer.device={device}", "logger.mode=disabled", "eval.every=null", "trainer.sample_grid=1",
+                   f"trainer.device={device}", "logger.mode=disabled", "eval.every=null", "trainer.sample_grid=2",
                    "trainer.log_every=10"])
     metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}", case))
     return {"images_per_s": metrics["images_per_s"], "peak_rss_mb": peak_rss_mb(),
@@ -105,14 +105,15 @@ def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, w
 
 
 def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) -> dict:
-    """The plain loop: per-item ToTensor/Normalize through a DataLoader, fp32, same model/batch/optimizer."""
+    """The plain loop: per-item ToTensor/Normalize through a DataLoader, fp32, the same model, batch,
+    optimizer and loss."""
     import schedulefree
     import torchvision
     import torchvision.transforms as T
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
-    from mindiff.checkpoint import build_autoencoder, load_autoencoder
+    from mindiff.checkpoint import build_autoencoder, build_objective, load_autoencoder
     cfg = compose(overrides_for(case, data, Path(workdir)))
     channels = cfg.dataset.channels
     normalize = T.Normalize([0.5] * channels, [0.5] * channels)
@@ -127,21 +128,17 @@ def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) ->
     opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                          weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps)
     opt.train()
+    objective = build_objective(cfg.schedule)  # the same loss as mindiff's, so only the loop differs
     n, start = 0, None
     for i, (x, y) in enumerate(loader):
         if i == 1:  # the first batch pays for worker and allocator start-up
             sync(device)
             start, n = time.perf_counter(), 0
         x, y = x.to(device), y.to(device)
-        if case == "ae":
-            loss = (model(x) - x).square().mean()
-        else:
-            if encoder is not None:
-                with torch.no_grad():
-                    x = encoder.encode(x)
-            eps, t = torch.randn_like(x), torch.rand(len(x), device=device)
-            tb = t.view(-1, 1, 1, 1)
-            loss = (model((1 - tb) * x + tb * eps, t, y) - (x - eps)).square().mean()
+        if encoder is not None:  # a plain latent script encodes every batch
+            with torch.no_grad():
+                x = encoder.encode(x)
+        loss, _ = objective.loss(model, x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -170,7 +170,7 @@ class Reconstruction:
         return sum(terms.values()), {k: t.detach() for k, t in terms.items()}
 
     def preview_bank(self, data: Dataset, grid: int, generator: torch.Generator, device) -> dict:
-        pick = torch.randperm(len(data.test), generator=generator)[: grid * grid // 2]
+        pick = torch.randperm(len(data.test), generator=generator)[: max(1, grid * grid // 2)]
         return {"images": to_unit_range(data.test.images[pick]).to(device)}
 
     @torch.no_grad()

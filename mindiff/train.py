@@ -24,6 +24,52 @@ from mindiff.distributed import Dist, from_environment
 from mindiff.trainer import RunInfo, train
 
 log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def one_line(e: BaseException) -> str:
+    """Hydra's composition errors span lines (and name the available options); fold them into one."""
+    lines = [ln.strip() for part in (e, e.__cause__) if part is not None for ln in str(part).splitlines() if ln.strip()]
+    if "Available options" in " ".join(lines):
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
+        end = next((i for i, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))
+        options = [o for o in lines[at + 1:end] if not o.endswith("_schema")]  # schemas are not choices
+        return f"{lines[0]}; {lines[at].rstrip(':').lower()}: {', '.join(options)}"
+    return " ".join(ln for ln in lines if not ln.startswith(("full_key", "object_type", "reference_type")))
+
+
+def preflight(argv) -> None:
+    """Compose the config as Hydra is about to (the first value of every sweep) so that an unknown
+    key, a wrong type or an unknown option is one line and exit code 2 before any job starts."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+        return
+    overrides = []
+    for o in OverridesParser.create().parse_overrides(args.overrides):
+        if o.is_hydra_override():
+            continue
+        if o.is_sweep_override():
+            try:
+                overrides.append(f"{o.get_key_element()}={next(o.sweep_string_iterator())}")
+            except Exception:  # interval sweeps (Optuna) have no first value to try
+                continue
+        else:
+            overrides.append(o.input_line)
+    config_dir = Path(args.config_dir).resolve() if args.config_dir else CONF
+    searchpath = [f"hydra.searchpath=[file://{CONF}]"] if args.config_dir else []
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name=args.config_name or "config", overrides=[*searchpath, *overrides])
+    except Exception as e:
+        print(f"mindiff.train: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    if not args.multirun:  # in a sweep, a bad value fails its own job only
+        with exit_on_user_error("mindiff.train"):
+            mindiff.config.validate(cfg)
 
 
 def run_info(cfg: DictConfig, d: Dist) -> RunInfo:
@@ -68,6 +114,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    preflight(sys.argv[1:])
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun's other ranks: rank 0 alone writes Hydra's outputs
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
                      "hydra/hydra_logging=disabled"]

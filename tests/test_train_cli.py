@@ -170,3 +170,17 @@ def test_keep_last_prunes_old_snapshots_but_keeps_asked_for_epochs(tmp_path, tra
               "logger.mode=disabled", "eval.every=null")
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
     assert names == ["epoch_0001.pt", "epoch_0004.pt", "epoch_0005.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.epoch=3", "Could not override 'trainer.epoch'"),
+    ("trainer.epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model=unet", "Could not find 'model/unet'; available options in 'model': autoencoder, conv_adaln, mlp2"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 must be > 0"),
+])
+def test_bad_input_is_one_line_with_exit_code_2_before_any_work(tmp_path, override, message):
+    proc = run_cli("mindiff.train", override, "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mindiff.train: error: ") and message in lines[0]
+    assert not (tmp_path / "run").exists()
