@@ -26,10 +26,16 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # e.g. no space left on the device
+        tmp.unlink(missing_ok=True)
+        previous = "the previous checkpoint there is intact" if path.exists() else "nothing was saved"
+        raise CheckpointError(f"could not write {path} ({e}); {previous}. Free some space and resume with "
+                              f"trainer.resume=auto") from None
     os.replace(tmp, path)
     return path
 

@@ -164,8 +164,9 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         try:
             model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
         except RuntimeError as e:
+            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
             raise CheckpointError(f"{ckpt_path} does not fit this run's model (was it written with another "
-                                  f"model config?): {e}") from None
+                                  f"model config?): {detail}") from None
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         epoch, step, run_id, metrics = state["epoch"], state["step"], state["wandb_run_id"], state.get("metrics", {})
