@@ -11,7 +11,7 @@ import wandb
 from mindiff.config import ConfigError
 
 log = logging.getLogger(__name__)
-INIT_TIMEOUT_S = 10
+INIT_TIMEOUT_S = 5  # an unreachable server must not hold up training for long
 
 
 def has_api_key() -> bool:
@@ -47,16 +47,17 @@ class Tracker:
                       tags=[t if len(t) <= 64 else t[:61] + "..." for t in tags],  # W&B allows 64 chars
                       id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
                       settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off", silent=True))
+        why = "no API key configured"
         try:
             self.run = wandb.init(mode=self.mode, **kwargs)
         except Exception as e:  # network or credentials trouble must not stop training
             if self.mode != "online":
                 raise
-            log.warning("W&B online init failed (%s); logging offline instead", e)
+            why = f"W&B could not be reached: {str(e).splitlines()[0][:200]}"
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
         if self.mode == "offline":
-            log.info("W&B is offline (no API key configured); upload later with: wandb sync %s",
+            log.info("W&B is offline (%s); training goes on. Upload later with: wandb sync %s", why,
                      Path(self.run.dir).parent)
 
     @property

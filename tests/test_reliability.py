@@ -86,3 +86,16 @@ def test_resuming_with_another_model_is_refused_by_name(tmp_path, train_cli):
     proc = train_cli("trainer.epochs=2", "trainer.resume=auto", "model.hidden_dim=32", "logger.mode=disabled",
                      check=False)
     assert proc.returncode == 2 and "does not fit this run's model" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline_within_seconds(tmp_path):
+    env = {**os.environ, "WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # closed port
+    env.pop("WANDB_MODE", None)
+    start_time = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mindiff.train", *TINY, "trainer.epochs=1", "eval.every=null",
+                           "logger.mode=online", "hydra.run.dir=run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "W&B could not be reached" in proc.stdout + proc.stderr and "wandb sync" in proc.stdout + proc.stderr
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert time.monotonic() - start_time < 60
