@@ -72,3 +72,8 @@ def test_reconstruct_refuses_a_denoiser(train_cli, tmp_path):
     proc = run_cli("mindiff.reconstruct", f"ckpt={tmp_path / 'run/checkpoints/last.pt'}", "image=in.png",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not an autoencoder" in proc.stderr
+
+
+def test_sampling_an_autoencoder_checkpoint_is_refused(ae_run, tmp_path):
+    proc = run_cli("mindiff.sample", f"ckpt={ae_run / 'checkpoints/last.pt'}", "n=4", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is an autoencoder checkpoint" in proc.stderr
