@@ -75,9 +75,11 @@ def preflight(argv) -> None:
 def run_info(cfg: DictConfig, d: Dist) -> RunInfo:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    sweep = Path(hc.sweep.dir).name  # a sweep file's dir is its name; an ad-hoc -m run's is a timestamp
+    group = (cfg.name if sweep == cfg.name else f"{cfg.name}-{sweep}") if multirun else None
     return RunInfo(run_dir=Path(d.broadcast(hc.runtime.output_dir)),  # every rank writes (if at all) where rank 0 does
                    name=hc.job.override_dirname or cfg.name,
-                   group=f"{cfg.name}-{Path(hc.sweep.dir).name}" if multirun else None,
+                   group=group,
                    tags=list(hc.overrides.task)[:20], dist=d)
 
 

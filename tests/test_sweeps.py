@@ -75,7 +75,7 @@ def test_sweep_file_runs_one_dir_per_combination_and_a_rerun_skips_them(tmp_path
     for r in runs:
         assert load_checkpoint(r / "checkpoints" / "last.pt")["epoch"] == 1
         record = next((r / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
-        assert b"mnist_lr-mnist_lr" in record  # the W&B group: the sweep's name
+        assert b"mnist_lr" in record and b"mnist_lr-mnist_lr" not in record  # the W&B group: the sweep's name
         names.append(r.name.split("_", 1)[1])
         assert names[-1].encode() in record
     assert len(set(names)) == 2 and "2 of 2 runs ok" in proc.stdout + proc.stderr
