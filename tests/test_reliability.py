@@ -99,3 +99,43 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_within_seconds(tmp_pa
     assert "W&B could not be reached" in proc.stdout + proc.stderr and "wandb sync" in proc.stdout + proc.stderr
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert time.monotonic() - start_time < 60
+
+
+SLOW_SAVE = """
+import sys, time, pathlib, torch
+marker = pathlib.Path(sys.argv.pop(1))
+real_save = torch.save
+def slow_save(obj, f, *args, **kwargs):  # a slow filesystem: the kill lands inside the write
+    real_save(obj, f, *args, **kwargs)
+    marker.touch()
+    time.sleep(30)
+torch.save = slow_save
+from mindiff.train import CONF, main
+sys.argv[1:1] = ["--config-path", str(CONF)]  # run as `python -c`, Hydra cannot find conf/ by itself
+main()
+"""
+
+
+def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, train_cli):
+    train_cli(*RUN, "trainer.epochs=3", run_dir="straight")
+    train_cli(*RUN, "trainer.epochs=3", "trainer.max_steps=40")  # a good checkpoint at step 40
+    before = (tmp_path / "run/checkpoints/last.pt").read_bytes()
+    marker = tmp_path / "inside_save"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(marker), *TINY, *RUN, "trainer.epochs=3",
+                             "trainer.resume=auto", "hydra.run.dir=run"], cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists()
+    assert (tmp_path / "run/checkpoints/last.pt").read_bytes() == before  # the torn write never replaced it
+    assert (tmp_path / "run/checkpoints/last.pt.tmp").exists()
+    train_cli(*RUN, "trainer.epochs=3", "trainer.resume=auto")
+    straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
+    resumed = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert resumed["step"] == straight["step"]
+    for key in straight["model"]:
+        assert torch.equal(straight["model"][key], resumed["model"][key]), key
