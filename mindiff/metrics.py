@@ -134,21 +134,25 @@ class FID:
     nothing here ever waits on the network unasked."""
 
     def __init__(self, weights: Optional[str]):
-        self.weights, self.reason = weights, None
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        self.weights = None if weights == "download" else weights
+        self.reason = self.missing(weights)
+        if self.reason:
+            log.warning(self.reason)
+
+    @staticmethod
+    def missing(weights: Optional[str]) -> Optional[str]:
+        """Why FID cannot run here, or None."""
         try:
             import torch_fidelity  # noqa: F401
         except ImportError:
-            self.reason = "FID needs torch-fidelity: pip install torch-fidelity"
-        if weights == "download":
-            self.weights = None
-        elif weights is not None and not Path(weights).is_file():
-            self.reason = f"eval.inception_weights={weights!r}: no such file"
-        elif weights is None and not cached.is_file():
-            self.reason = (f"FID skipped: no Inception weights (not in {cached.parent}); set "
-                           f"eval.inception_weights=PATH to torch-fidelity's {INCEPTION_FILE}, or =download when online")
-        if self.reason:
-            log.warning(self.reason)
+            return "FID needs torch-fidelity: pip install torch-fidelity"
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        if weights not in (None, "download") and not Path(weights).is_file():
+            return f"eval.inception_weights={weights!r}: no such file"
+        if weights is None and not cached.is_file():
+            return (f"FID skipped: no Inception weights (not in {cached.parent}); set eval.inception_weights=PATH "
+                    f"to torch-fidelity's {INCEPTION_FILE}, or =download when online")
+        return None
 
     def __call__(self, fake_uint8: torch.Tensor, real_uint8: torch.Tensor) -> Dict[str, float]:
         if self.reason:
