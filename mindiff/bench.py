@@ -40,6 +40,7 @@ class BenchArgs:
     # cases whose mindiff timing follows one untimed epoch, as the baseline skips its first batch: the
     # first epoch pays one-off costs (kernel selection, optimizer state). Off for the slow CIFAR cases.
     warm_epoch: List[str] = field(default_factory=lambda: ["mnist"])
+    overrides: List[str] = field(default_factory=list)  # for mindiff's runs, e.g. [trainer.channels_last=true]
 
 
 def overrides_for(case: str, data: str, workdir: Path) -> List[str]:
@@ -97,7 +98,7 @@ def train_flops_per_image(cfg, device) -> float:
 
 
 def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, workdir: str,
-                warm_epoch: bool = False) -> dict:
+                warm_epoch: bool = False, overrides: List[str] = ()) -> dict:
     """mindiff's own trainer, as `python -m mindiff.train` runs it, stopped after `steps` steps (after one
     untimed epoch with `warm_epoch`: the trainer reports the rate of the last, partial, epoch)."""
     from mindiff.trainer import RunInfo, train
@@ -106,7 +107,7 @@ def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, w
         steps += TRAIN_IMAGES[case] // compose(overrides_for(case, data, workdir)).trainer.batch_size
     cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={steps}", f"trainer.precision={precision}",
                    f"trainer.device={device}", "logger.mode=disabled", "eval.every=null", "trainer.sample_grid=2",
-                   "trainer.log_every=10"])
+                   "trainer.log_every=10", *overrides])
     metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}", case))
     return {"images_per_s": metrics["images_per_s"], "peak_rss_mb": peak_rss_mb(),
             "flops_per_image": train_flops_per_image(cfg, device)}
@@ -211,7 +212,7 @@ def bench(args: BenchArgs) -> dict:
                 print(f"{case:>6} baseline fp32: {base['images_per_s']:8.0f} img/s, peak {base['peak_rss_mb']:.0f} MB")
             for precision in args.precisions:
                 r = in_fresh_process(run_mindiff, case, precision, args.steps, args.data, device, workdir,
-                                     case in args.warm_epoch)
+                                     case in args.warm_epoch, args.overrides)
                 gflops = r["flops_per_image"] * r["images_per_s"] / 1e9
                 row = {"case": case, "impl": "mindiff", "precision": precision, **r, "gflop_s": gflops,
                        "peak_fraction": gflops / peaks[precision]}
