@@ -6,7 +6,9 @@ Value ranges that a type cannot express are checked by `validate`.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -173,9 +175,17 @@ def input_shape(autoencoder_ckpt: Optional[str], channels: int, image_size: int)
     (read from that checkpoint's own config, so the user never repeats it)."""
     if not autoencoder_ckpt:
         return [channels, image_size, image_size]
+    path = Path(autoencoder_ckpt)
+    mtime = path.stat().st_mtime_ns if path.is_file() else None  # a missing file fails with its message below
+    return list(_latent_shape(str(path), mtime, channels, image_size))
+
+
+@lru_cache(maxsize=8)
+def _latent_shape(path: str, mtime: Optional[int], channels: int, image_size: int) -> Tuple[int, ...]:
+    """Cached per checkpoint version: the interpolation resolves several times per run."""
     from mindiff.checkpoint import build_autoencoder, load_autoencoder
 
-    return list(build_autoencoder(load_autoencoder(autoencoder_ckpt)).latent_shape((channels, image_size, image_size)))
+    return tuple(build_autoencoder(load_autoencoder(path)).latent_shape((channels, image_size, image_size)))
 
 
 def register_resolvers() -> None:
