@@ -58,6 +58,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def _one_line(e: BaseException) -> str:
+    """torchvision's download errors span lines (one per mirror tried); a user error is one line."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -100,7 +105,7 @@ def _torchvision_mnist_like(cls, name: str, root: str, download: bool, channels:
             ds = cls(root=str(root_path), train=train, download=download)
         except RuntimeError as e:
             raise DatasetError(
-                f"{name} not found under {Path(root_path).resolve() / cls.__name__ / 'raw'} ({e}). "
+                f"{name} not found under {Path(root_path).resolve() / cls.__name__ / 'raw'} ({_one_line(e)}). "
                 f"Set dataset.root to the folder that holds {cls.__name__}/raw, or dataset.download=true when online."
             ) from None
         images = _resize(ds.data.unsqueeze(1), image_size)
@@ -128,7 +133,7 @@ def cifar10(root: str, download: bool, channels: int = 3, image_size: int = 32, 
             ds = torchvision.datasets.CIFAR10(root=root, train=train, download=download)
         except RuntimeError as e:
             raise DatasetError(
-                f"CIFAR-10 not found under {Path(root).resolve() / 'cifar-10-batches-py'} ({e}). Set dataset.root "
+                f"CIFAR-10 not found under {Path(root).resolve() / 'cifar-10-batches-py'} ({_one_line(e)}). Set dataset.root "
                 f"to the folder that holds cifar-10-batches-py, dataset.download=true when online, or use "
                 f"dataset=image_folder for a folder of class sub-folders"
             ) from None

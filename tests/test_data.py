@@ -140,3 +140,14 @@ def test_pixel_batches_flip_about_half_when_asked():
     assert 0.3 < flipped < 0.7
     x, _ = PixelBatches(ImageSet(images, labels), hflip=False).batch(torch.arange(200))
     assert (x[:, 0, 0, 0] < x[:, 0, 0, 3]).all()
+
+
+def test_a_failed_download_is_reported_on_one_line(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirror A, got:\n<urlopen error>\n")
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(DatasetError) as e:
+        mnist(root=str(tmp_path), download=True)
+    assert "\n" not in str(e.value) and "Tried mirror A, got: <urlopen error>" in str(e.value)
