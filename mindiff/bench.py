@@ -3,9 +3,11 @@
 Times mindiff's trainer against a plain PyTorch loop written the way reference scripts are
 (torchvision dataset with ToTensor/Normalize per item, a DataLoader, fp32, the same model, batch
 and optimizer) in the same run, and prints images/s, the ratio, achieved GFLOP/s against this
-machine's matmul peak (fp32 and bf16, measured in the same run) and peak memory. Each
-measurement runs in a fresh process, so peak memory is its own. Data: `data=DIR` (default
-$MINDIFF_DATA or ../shared/data) holding MNIST/raw and cifar10-jpeg/train.
+machine's matmul peak (fp32 and bf16, measured in the same run) and peak memory. mindiff runs
+each precision as configured and again with the speed knobs in `tuned`. Both loops run
+WARMUP_STEPS untimed steps first, then `steps` timed ones. Each measurement runs in a fresh
+process, so peak memory is its own. Data: `data=DIR` (default $MINDIFF_DATA or ../shared/data)
+holding MNIST/raw and cifar10-jpeg/train.
 """
 
 import json
@@ -25,7 +27,7 @@ from mindiff.cli import exit_on_user_error, parse_args
 from mindiff.config import ConfigError
 
 CASES = ("mnist", "ae", "ldm", "sample")
-TRAIN_IMAGES = {"mnist": 60_000, "ae": 50_000, "ldm": 50_000}
+WARMUP_STEPS = 10  # untimed: they pay one-off costs (compiling, kernel selection, optimizer state, workers)
 
 
 @dataclass
@@ -37,10 +39,9 @@ class BenchArgs:
     device: str = "auto"
     out: Optional[str] = "bench.json"
     baseline: bool = True
-    # cases whose mindiff timing follows one untimed epoch, as the baseline skips its first batch: the
-    # first epoch pays one-off costs (kernel selection, optimizer state). Off for the slow CIFAR cases.
-    warm_epoch: List[str] = field(default_factory=lambda: ["mnist"])
-    overrides: List[str] = field(default_factory=list)  # for mindiff's runs, e.g. [trainer.channels_last=true]
+    overrides: List[str] = field(default_factory=list)  # for all of mindiff's runs, e.g. [trainer.channels_last=true]
+    # the speed knobs, timed as extra rows (empty: none)
+    tuned: List[str] = field(default_factory=lambda: ["optim.fused=true", "trainer.compile=true"])
 
 
 def overrides_for(case: str, data: str, workdir: Path) -> List[str]:
@@ -97,17 +98,15 @@ def train_flops_per_image(cfg, device) -> float:
 
 
 def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, workdir: str,
-                warm_epoch: bool = False, overrides: List[str] = ()) -> dict:
-    """mindiff's own trainer, as `python -m mindiff.train` runs it, stopped after `steps` steps (after one
-    untimed epoch with `warm_epoch`: the trainer reports the rate of the last, partial, epoch)."""
+                overrides: List[str] = (), label: str = "") -> dict:
+    """mindiff's own trainer, as `python -m mindiff.train` runs it, stopped after WARMUP_STEPS + `steps`
+    steps; its images/s counts the steps after its first loss log, which comes after WARMUP_STEPS."""
     from mindiff.trainer import RunInfo, train
     workdir = Path(workdir)
-    if warm_epoch:
-        steps += TRAIN_IMAGES[case] // compose(overrides_for(case, data, workdir)).trainer.batch_size
-    cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={steps}", f"trainer.precision={precision}",
-                   f"trainer.device={device}", "logger.mode=disabled", "eval.every=null", "trainer.sample_grid=2",
-                   "trainer.log_every=10", *overrides])
-    metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}", case))
+    cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={WARMUP_STEPS + steps}",
+                   f"trainer.precision={precision}", f"trainer.device={device}", "logger.mode=disabled",
+                   "eval.every=null", "trainer.sample_grid=2", f"trainer.log_every={WARMUP_STEPS}", *overrides])
+    metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}{label}", case))
     return {"images_per_s": metrics["images_per_s"], "peak_rss_mb": peak_rss_mb(),
             "flops_per_image": train_flops_per_image(cfg, device)}
 
@@ -139,7 +138,7 @@ def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) ->
     objective = build_objective(cfg.schedule)  # the same loss as mindiff's, so only the loop differs
     n, start = 0, None
     for i, (x, y) in enumerate(loader):
-        if i == 1:  # the first batch pays for worker and allocator start-up
+        if i == WARMUP_STEPS:
             sync(device)
             start, n = time.perf_counter(), 0
         x, y = x.to(device), y.to(device)
@@ -152,7 +151,7 @@ def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) ->
         opt.step()
         loss.item()  # as a reference script's logging does
         n += len(x)
-        if i == steps:
+        if i == WARMUP_STEPS + steps - 1:
             break
     sync(device)
     return {"images_per_s": n / (time.perf_counter() - start), "peak_rss_mb": peak_rss_mb()}
@@ -208,20 +207,24 @@ def bench(args: BenchArgs) -> dict:
             base = in_fresh_process(run_baseline, case, args.steps, args.data, device, workdir) if args.baseline else None
             if base:
                 rows.append({"case": case, "impl": "baseline", "precision": "fp32", **base})
-                print(f"{case:>6} baseline fp32: {base['images_per_s']:8.0f} img/s, peak {base['peak_rss_mb']:.0f} MB")
+                print(f"{case:>6} {'baseline':<8} fp32: {base['images_per_s']:8.0f} img/s, peak {base['peak_rss_mb']:.0f} MB")
+            variants = {"mindiff": args.overrides, **({"+tuned": [*args.overrides, *args.tuned]} if args.tuned else {})}
             for precision in args.precisions:
-                r = in_fresh_process(run_mindiff, case, precision, args.steps, args.data, device, workdir,
-                                     case in args.warm_epoch, args.overrides)
-                gflops = r["flops_per_image"] * r["images_per_s"] / 1e9
-                row = {"case": case, "impl": "mindiff", "precision": precision, **r, "gflop_s": gflops,
-                       "peak_fraction": gflops / peaks[precision]}
-                if base:
-                    row["ratio_vs_baseline_fp32"] = r["images_per_s"] / base["images_per_s"]
-                rows.append(row)
-                ratio = f"{row['ratio_vs_baseline_fp32']:.2f}x baseline" if base else ""
-                print(f"{case:>6} mindiff  {precision}: {r['images_per_s']:8.0f} img/s  {ratio:>14}  "
-                      f"{gflops:6.0f} GFLOP/s ({100 * row['peak_fraction']:.0f}% of {precision} matmul peak), "
-                      f"peak {r['peak_rss_mb']:.0f} MB")
+                for impl, overrides in variants.items():
+                    r = in_fresh_process(run_mindiff, case, precision, args.steps, args.data, device, workdir,
+                                         overrides, impl.replace("mindiff", ""))
+                    gflops = r["flops_per_image"] * r["images_per_s"] / 1e9
+                    row = {"case": case, "impl": impl, "overrides": overrides, "precision": precision, **r,
+                           "gflop_s": gflops, "peak_fraction": gflops / peaks[precision]}
+                    if base:
+                        row["ratio_vs_baseline_fp32"] = r["images_per_s"] / base["images_per_s"]
+                    rows.append(row)
+                    ratio = f"{row['ratio_vs_baseline_fp32']:.2f}x baseline" if base else ""
+                    print(f"{case:>6} {impl:<8} {precision}: {r['images_per_s']:8.0f} img/s  {ratio:>14}  "
+                          f"{gflops:6.0f} GFLOP/s ({100 * row['peak_fraction']:.0f}% of {precision} matmul peak), "
+                          f"peak {r['peak_rss_mb']:.0f} MB")
+            if args.tuned:
+                print(f"{'':>6} +tuned = {' '.join(args.tuned)}")
     result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "matmul_peak_gflop_s": peaks, "steps": args.steps, "rows": rows}
     if args.out:
@@ -230,6 +233,7 @@ def bench(args: BenchArgs) -> dict:
 
 
 def main(argv=None) -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the runs' progress bars; the bench prints one line per run
     with exit_on_user_error("mindiff.bench"):
         bench(parse_args(BenchArgs, argv, __doc__.strip().splitlines()[0]))
 

@@ -104,6 +104,7 @@ class OptimConfig:
     warmup_steps: int = 0
     decay: str = "none"  # none | cosine
     min_lr: float = 0.0
+    fused: bool = False
 
 
 # ---- trainer ---------------------------------------------------------------------------------

@@ -15,18 +15,67 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 
+@torch.compile(fullgraph=True, dynamic=True)
+def schedule_free_update(y, grad, exp_avg_sq, z, lr, ckp1, beta1, beta2, bias_correction2, eps, weight_decay):
+    """One tensor's schedule-free AdamW update, the same arithmetic as `schedulefree.AdamWScheduleFree`'s
+    foreach path, compiled into one kernel: one pass over y, grad, exp_avg_sq and z instead of ten."""
+    exp_avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
+    grad = grad / ((exp_avg_sq / bias_correction2).sqrt() + eps) + weight_decay * y
+    y.lerp_(z, ckp1)
+    y.add_(grad * (lr * (beta1 * (1 - ckp1) - 1)))
+    z.sub_(grad * lr)
+
+
+class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
+    """`schedulefree.AdamWScheduleFree` (same state, checkpoints, train()/eval()) whose step runs
+    `schedule_free_update`. The per-step scalars follow the library's `step` line by line."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("optim.fused=true takes no closure")
+        for group in self.param_groups:
+            if not group["train_mode"]:
+                raise RuntimeError("the optimizer is in eval mode; call .train() before step()")
+            beta1, beta2 = group["betas"]
+            k, warmup = group["k"], group["warmup_steps"]
+            lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
+            group["scheduled_lr"] = lr
+            lr_max = group["lr_max"] = max(lr, group["lr_max"])
+            weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
+            weight_sum = group["weight_sum"] = group["weight_sum"] + weight
+            ckp1 = weight / weight_sum if weight_sum else 0.0
+            # 0-dim CPU tensors, not floats: a compiled graph takes new values without recompiling (and
+            # torch 2.14 mis-compiles a float argument that is used twice, as ckp1 is)
+            scalars = [torch.tensor(v, dtype=torch.float64) for v in
+                       (lr, ckp1, beta1, beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "z" not in state:
+                    state["z"] = torch.clone(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                tensors = (p, p.grad, state["exp_avg_sq"], state["z"])
+                if all(t.is_contiguous() for t in tensors):  # one compiled kernel serves every parameter shape
+                    tensors = tuple(t.view(-1) for t in tensors)
+                schedule_free_update(*tensors, *scalars)
+            group["k"] = k + 1
+        return None
+
+
 class Optimizer:
     def __init__(self, params: Iterable[torch.nn.Parameter], total_steps: int, algorithm: str = "schedulefree_adamw",
                  lr: float = 2e-3, betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.01,
-                 warmup_steps: int = 0, decay: str = "none", min_lr: float = 0.0):
+                 warmup_steps: int = 0, decay: str = "none", min_lr: float = 0.0, fused: bool = False):
         betas = tuple(betas)
         self.schedule_free = algorithm == "schedulefree_adamw"
         if self.schedule_free:  # warms up by itself
-            self.opt = schedulefree.AdamWScheduleFree(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                                                      warmup_steps=warmup_steps)
+            kind = FusedAdamWScheduleFree if fused else schedulefree.AdamWScheduleFree
+            self.opt = kind(params, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
             self.opt.train()
         elif algorithm == "adamw":
-            self.opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+            self.opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
         else:
             raise ValueError(f"optim.algorithm={algorithm!r}: choose schedulefree_adamw or adamw")
         own_warmup = 0 if self.schedule_free else warmup_steps

@@ -116,6 +116,22 @@ def prune_snapshots(ckpt_dir: Path, keep_last: Optional[int], keep_epochs) -> No
         old.unlink()
 
 
+class Throughput:
+    """Images/s of an epoch from its first host sync (the first loss log) on: the steps before it pay
+    one-off costs (compiling, kernel selection, optimizer state) that would swamp short runs."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.start, self.mark = batch_size, time.perf_counter(), None
+
+    def synced(self, steps: int) -> None:
+        if self.mark is None:
+            self.mark = (time.perf_counter(), steps)
+
+    def images_per_s(self, steps: int) -> float:
+        since, done = self.mark if self.mark and steps > self.mark[1] else (self.start, 0)
+        return (steps - done) * self.batch_size / (time.perf_counter() - since)
+
+
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
@@ -242,7 +258,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
                 bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
                            dynamic_ncols=True, leave=False)
-                pending, losses, start = [], [], time.perf_counter()
+                pending, losses, start, throughput = [], [], time.perf_counter(), Throughput(tc.batch_size)
                 for i, idx in enumerate(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device)):
                     if i < skip:
                         continue
@@ -257,19 +273,19 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                     bar.update(1)
                     if len(pending) == tc.log_every:
                         losses += flush(pending)
-                        rate = len(losses) * tc.batch_size / (time.perf_counter() - start)
-                        bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{throughput.images_per_s(len(losses)):.0f}")
+                        throughput.synced(len(losses))
                     stopped = (tc.max_steps is not None and step >= tc.max_steps) or d.any(stop_signal.signum is not None)
                     if stopped:
                         break
                 if pending:
                     losses += flush(pending)
                 bar.close()
-                seconds = time.perf_counter() - start
+                seconds, images_per_s = time.perf_counter() - start, throughput.images_per_s(len(losses))
                 epoch_done = step == (epoch + 1) * steps_per_epoch
                 epoch += int(epoch_done)
                 metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=epoch, steps=step,
-                               images_per_s=len(losses) * tc.batch_size / seconds)
+                               images_per_s=images_per_s)
                 tracker.log({"epoch_time_s": seconds, "images_per_s": metrics["images_per_s"],
                              "epoch_loss": metrics["final_loss"], "epoch": epoch}, step=step)
                 log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step,

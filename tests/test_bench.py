@@ -10,13 +10,15 @@ from conftest import SHARED_DATA, run_cli
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="needs ../shared/data")
 def test_bench_runs_and_writes_json(tmp_path):
     proc = run_cli("mindiff.bench", "cases=[mnist,sample]", "precisions=[bf16]", "steps=3", f"data={SHARED_DATA}",
-                   "out=b.json", cwd=tmp_path)
+                   "tuned=[optim.fused=true]", "out=b.json", cwd=tmp_path)
     result = json.loads((tmp_path / "b.json").read_text())
     assert set(result["matmul_peak_gflop_s"]) == {"fp32", "bf16"}
     rows = {(r["case"], r.get("impl"), r["precision"]): r for r in result["rows"]}
     assert rows[("mnist", "baseline", "fp32")]["images_per_s"] > 0
     mindiff = rows[("mnist", "mindiff", "bf16")]
     assert mindiff["ratio_vs_baseline_fp32"] > 0 and mindiff["gflop_s"] > 0 and mindiff["peak_rss_mb"] > 0
+    tuned = rows[("mnist", "+tuned", "bf16")]
+    assert tuned["overrides"] == ["optim.fused=true"] and tuned["ratio_vs_baseline_fp32"] > 0
     assert rows[("sample", None, "bf16")]["ms_per_euler_step"] > 0
     assert "x baseline" in proc.stdout and "ms per Euler step" in proc.stdout
 

@@ -14,10 +14,12 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from mindiff.models.mish import Mish
+
 
 def conv(in_channels: int, out_channels: int, groups: int, plain: bool = False) -> nn.Module:
     layer = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-    return layer if plain else nn.Sequential(layer, nn.GroupNorm(groups, out_channels), nn.Mish())
+    return layer if plain else nn.Sequential(layer, nn.GroupNorm(groups, out_channels), Mish())
 
 
 class Autoencoder(nn.Module):

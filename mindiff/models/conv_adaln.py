@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from mindiff.models.mish import Mish
+
 
 class ConvAdaNorm(nn.Module):
     def __init__(self, channels: int, cond_dim: int, groups: int = 32):
@@ -21,7 +23,7 @@ class ConvAdaNorm(nn.Module):
         self.norm1 = nn.GroupNorm(groups, channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.modulation = nn.Linear(cond_dim, 2 * channels)
-        self.act = nn.Mish()
+        self.act = Mish()
         self.norm2 = nn.GroupNorm(groups, channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         # zero modulation makes h * (1 + scale) + shift the identity; the zero conv2 makes the whole block one
@@ -47,10 +49,10 @@ class ConvAdaLN(nn.Module):
         if classes is not None:
             self.class_embed = nn.Sequential(nn.Embedding(classes, class_embed_dim), nn.LayerNorm(class_embed_dim))
         cond_in = 1 + (class_embed_dim if classes is not None else 0)
-        self.cond = nn.Sequential(nn.Linear(cond_in, hidden), nn.Mish())
+        self.cond = nn.Sequential(nn.Linear(cond_in, hidden), Mish())
         self.conv_in = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.blocks = nn.ModuleList(ConvAdaNorm(hidden, hidden, groups) for _ in range(blocks))
-        self.head = nn.Sequential(nn.Mish(), nn.GroupNorm(groups, hidden), nn.Conv2d(hidden, in_channels, 3, padding=1))
+        self.head = nn.Sequential(Mish(), nn.GroupNorm(groups, hidden), nn.Conv2d(hidden, in_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 

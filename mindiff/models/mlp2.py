@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from mindiff.models.mish import Mish
+
 
 class MLP2(nn.Module):
     def __init__(self, image_shape: Sequence[int], hidden_dim: int = 4096, class_embed_dim: int = 239,
@@ -21,7 +23,7 @@ class MLP2(nn.Module):
             self.class_embed = nn.Sequential(nn.Embedding(classes, class_embed_dim), nn.LayerNorm(class_embed_dim))
         in_dim = pixels + 1 + (class_embed_dim if classes is not None else 0)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.act = nn.Mish()
+        self.act = Mish()
         self.norm = nn.LayerNorm(hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, pixels)
         nn.init.zeros_(self.fc2.weight)
