@@ -215,6 +215,19 @@ class ConfigError(ValueError):
     """A config value that has the right type but cannot work; the message says what to change."""
 
 
+def missing_cpp_compiler() -> Optional[str]:
+    """Why torch.compile cannot build CPU kernels on this machine, or None when it can."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: torch.compile reports it itself
+        return None
+    try:
+        get_cpp_compiler()
+    except Exception as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the value ranges of a composed config, raising ConfigError naming the key."""
 
@@ -232,6 +245,16 @@ def validate(cfg: DictConfig) -> None:
     for term in get("schedule", "loss_terms") or []:
         if term not in LOSS_TERMS:
             raise ConfigError(f"schedule.loss_terms has {term!r}; each term must be one of {', '.join(LOSS_TERMS)}")
+    compiled = [knob for knob, on in (("trainer.compile", get("trainer", "compile")),
+                                      ("optim.fused", get("optim", "fused") and get("optim", "algorithm") == "schedulefree_adamw"))
+                if on]
+    if compiled and get("trainer", "device") != "cuda":
+        import torch
+        why = None if torch.cuda.is_available() and get("trainer", "device") == "auto" else missing_cpp_compiler()
+        if why:
+            knobs = " and ".join(f"{k}=true" for k in compiled)
+            raise ConfigError(f"{knobs} compile CPU kernels, which needs a C++ compiler ({why}); install one "
+                              f"(e.g. apt-get install g++) or set {' and '.join(f'{k}=false' for k in compiled)}")
 
 
 register_schemas()

@@ -69,3 +69,12 @@ def test_a_run_with_the_speed_knobs_learns_what_the_plain_run_learns(tmp_path, t
     assert plain["model"]["fc2.weight"].abs().sum() > 0  # zero-initialised: it trained
     for name, weight in plain["model"].items():
         torch.testing.assert_close(tuned["model"][name], weight, rtol=1e-3, atol=1e-4)
+
+
+def test_compile_knobs_without_a_cpp_compiler_are_one_line_before_any_work(tmp_path, train_cli, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    proc = train_cli("trainer.compile=true", "optim.fused=true", check=False)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "trainer.compile=true and optim.fused=true compile CPU kernels, which needs a C++ compiler" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
