@@ -64,9 +64,13 @@ def weights(path):
     return state["model"], state["train_model"]
 
 
-@pytest.mark.parametrize("stop_at", [5, 8])  # mid-epoch, and exactly at an epoch's end
-def test_resume_after_a_stop_ends_with_bit_identical_weights(tmp_path, train_cli, stop_at):
-    common = ["trainer.epochs=3", "trainer.sample_every=1", "logger.mode=disabled"]
+@pytest.mark.parametrize("stop_at,knobs", [
+    (5, []),  # mid-epoch
+    (8, []),  # exactly at an epoch's end
+    (5, ["optim.fused=true", "trainer.compile=true"]),  # the compiled speed knobs keep the guarantee
+])
+def test_resume_after_a_stop_ends_with_bit_identical_weights(tmp_path, train_cli, stop_at, knobs):
+    common = ["trainer.epochs=3", "trainer.sample_every=1", "logger.mode=disabled", *knobs]
     train_cli(*common, run_dir="straight")
     train_cli(*common, f"trainer.max_steps={stop_at}", run_dir="resumed")
     train_cli(*common, "trainer.resume=auto", run_dir="resumed")
