@@ -23,7 +23,7 @@ from typing import List, Optional
 
 import torch
 
-from mindiff.cli import exit_on_user_error, parse_args
+from mindiff.cli import run_command
 from mindiff.config import ConfigError
 
 CASES = ("mnist", "ae", "ldm", "sample")
@@ -240,8 +240,7 @@ def bench(args: BenchArgs) -> dict:
 
 def main(argv=None) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the runs' progress bars; the bench prints one line per run
-    with exit_on_user_error("mindiff.bench"):
-        bench(parse_args(BenchArgs, argv, __doc__.strip().splitlines()[0]))
+    run_command("mindiff.bench", BenchArgs, bench, argv, __doc__)
 
 
 if __name__ == "__main__":

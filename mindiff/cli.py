@@ -3,7 +3,7 @@ line with exit code 2."""
 
 import sys
 from contextlib import contextmanager
-from typing import Optional, Sequence, Type, TypeVar
+from typing import Callable, Optional, Sequence, Type, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -36,6 +36,14 @@ def exit_on_user_error(prog: str):
 
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_command(prog: str, schema: Type[T], command: Callable[[T], R], argv: Optional[Sequence[str]], doc: str) -> R:
+    """A CLI's body: its key=value arguments parsed into `schema` and passed to `command`; a user error
+    exits with one line and code 2. The usage shown is the first line of the module's `doc`."""
+    with exit_on_user_error(prog):
+        return command(parse_args(schema, argv, doc.strip().splitlines()[0]))
 
 
 def parse_args(schema: Type[T], argv: Optional[Sequence[str]], usage: str) -> T:

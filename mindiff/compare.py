@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mindiff.cli import exit_on_user_error, parse_args
+from mindiff.cli import run_command
 from mindiff.config import ConfigError
 from mindiff.sweep import RunRecord, common_overrides, find_runs, summary_table
 
@@ -104,10 +104,9 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and "=" not in argv[0]:  # the folder may be given bare: mindiff.compare multirun/mnist_lr
         argv[0] = f"dir={argv[0]}"
-    with exit_on_user_error("mindiff.compare"):
-        result = compare(parse_args(CompareArgs, argv, __doc__.strip().splitlines()[0]))
-        print(result["table"])
-        print(f"\nwrote {result['image']} (+ .md, .csv)")
+    result = run_command("mindiff.compare", CompareArgs, compare, argv, __doc__)
+    print(result["table"])
+    print(f"\nwrote {result['image']} (+ .md, .csv)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mindiff.checkpoint import build_from_checkpoint, load_checkpoint
-from mindiff.cli import exit_on_user_error, parse_args
+from mindiff.cli import run_command
 from mindiff.config import ConfigError
 from mindiff.metrics import Evaluator
 from mindiff.trainer import autocast, pick_device
@@ -63,11 +63,10 @@ def evaluate(args: EvaluateArgs) -> dict:
 
 
 def main(argv=None) -> None:
-    with exit_on_user_error("mindiff.evaluate"):
-        result = evaluate(parse_args(EvaluateArgs, argv, __doc__.strip().splitlines()[0]))
-        for key, value in result["metrics"].items():
-            print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
-        print(f"wrote {result['out']}")
+    result = run_command("mindiff.evaluate", EvaluateArgs, evaluate, argv, __doc__)
+    for key, value in result["metrics"].items():
+        print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print(f"wrote {result['out']}")
 
 
 if __name__ == "__main__":

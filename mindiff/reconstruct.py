@@ -14,7 +14,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mindiff.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
-from mindiff.cli import exit_on_user_error, parse_args
+from mindiff.cli import run_command
 from mindiff.config import ConfigError
 from mindiff.data import to_uint8, to_unit_range
 from mindiff.images import save_grid
@@ -57,9 +57,8 @@ def reconstruct(args: ReconstructArgs) -> dict:
 
 
 def main(argv=None) -> None:
-    with exit_on_user_error("mindiff.reconstruct"):
-        result = reconstruct(parse_args(ReconstructArgs, argv, __doc__.strip().splitlines()[0]))
-        print(f"wrote {result['out']}: latent {result['latent_shape']}, PSNR {result['psnr']:.2f} dB")
+    result = run_command("mindiff.reconstruct", ReconstructArgs, reconstruct, argv, __doc__)
+    print(f"wrote {result['out']}: latent {result['latent_shape']}, PSNR {result['psnr']:.2f} dB")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 
 from mindiff.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
 from mindiff.config import ConfigError
-from mindiff.cli import exit_on_user_error, parse_args
+from mindiff.cli import run_command
 from mindiff.images import save_grid
 from mindiff.trainer import autocast, pick_device
 
@@ -61,9 +61,8 @@ def sample(args: SampleArgs) -> dict:
 
 
 def main(argv=None) -> None:
-    with exit_on_user_error("mindiff.sample"):
-        result = sample(parse_args(SampleArgs, argv, __doc__.strip().splitlines()[0]))
-        print(f"wrote {len(result['images'])} samples to {result['out']}")
+    result = run_command("mindiff.sample", SampleArgs, sample, argv, __doc__)
+    print(f"wrote {len(result['images'])} samples to {result['out']}")
 
 
 if __name__ == "__main__":
