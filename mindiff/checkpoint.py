@@ -40,6 +40,15 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     return path
 
 
+def save_cache(obj, path: Path) -> None:
+    """A cache file that parallel sweep jobs may write at once: each writes its own temp file and
+    renames it into place, so a reader sees a whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -19,6 +19,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
+from mindiff.checkpoint import save_cache
+
 
 @dataclass
 class ImageSet:
@@ -167,10 +169,7 @@ def _decode_folder(folder: Path, size: int, channels: int, cache_dir: Path) -> T
             im = TF.center_crop(TF.resize(im, size, antialias=True), size)
         images[i] = TF.pil_to_tensor(im)
     labels = torch.tensor(ds.targets, dtype=torch.long)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
-    torch.save({"images": images, "labels": labels, "classes": ds.classes}, tmp)
-    os.replace(tmp, cache)
+    save_cache({"images": images, "labels": labels, "classes": ds.classes}, cache)
     return ImageSet(images, labels), ds.classes
 
 

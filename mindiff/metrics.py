@@ -9,7 +9,6 @@ torchmetrics when weights are available.
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mindiff.checkpoint import save_cache
 from mindiff.data import Dataset, epoch_batches, to_unit_range
 from mindiff.models.classifier import Classifier
 
@@ -102,10 +102,7 @@ class Evaluator:
         _, preds = predict(model, self.data.test.images, self.device)
         accuracy = (preds == self.data.test.labels.cpu()).float().mean().item()
         log.info("evaluation classifier: held-out accuracy %.4f", accuracy)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        torch.save({"model": model.state_dict(), "test_accuracy": accuracy}, tmp)
-        os.replace(tmp, path)
+        save_cache({"model": model.state_dict(), "test_accuracy": accuracy}, path)
         return model, accuracy
 
     def floor(self, n: int) -> float:
