@@ -77,7 +77,7 @@ def compare(args: CompareArgs) -> dict:
     common = common_overrides(runs)
     columns = []
     for run in runs:
-        heading = ", ".join(o for o in run.overrides if o not in common) or "(defaults)"
+        heading = run.changes(common, sep=", ")
         if run.status != "finished":
             heading += f"  [{run.status}]"
         for epoch in args.epochs or [None]:

@@ -22,9 +22,9 @@ class RunRecord:
     reason: str = ""
     metrics: dict = field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        return ",".join(self.overrides) or self.path.name
+    def changes(self, common: set, sep: str = ",") -> str:
+        """What this run set that not every run of its sweep did."""
+        return sep.join(o for o in self.overrides if o not in common) or "(defaults)"
 
 
 def read_run(run_dir: Path) -> RunRecord:
@@ -77,5 +77,5 @@ class SweepSummary(Callback):
 def summary_table(runs: List[RunRecord], keys: Optional[List[str]] = None) -> List[dict]:
     keys = keys or sorted({k for r in runs for k in r.metrics if k != "status"})
     common = common_overrides(runs)
-    return [{"run": r.path.name, "overrides": ",".join(o for o in r.overrides if o not in common) or "(defaults)",
+    return [{"run": r.path.name, "overrides": r.changes(common),
              "status": r.status, **{k: r.metrics.get(k) for k in keys}} for r in runs]
