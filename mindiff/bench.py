@@ -98,7 +98,7 @@ def train_flops_per_image(cfg, device) -> float:
 
 
 def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, workdir: str,
-                overrides: List[str] = (), label: str = "") -> dict:
+                overrides: List[str] = (), variant: str = "mindiff") -> dict:
     """mindiff's own trainer, as `python -m mindiff.train` runs it, stopped after WARMUP_STEPS + `steps`
     steps; its images/s counts the steps after its first loss log, which comes after WARMUP_STEPS."""
     from mindiff.trainer import RunInfo, train
@@ -106,7 +106,7 @@ def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, w
     cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={WARMUP_STEPS + steps}",
                    f"trainer.precision={precision}", f"trainer.device={device}", "logger.mode=disabled",
                    "eval.every=null", "trainer.sample_grid=2", f"trainer.log_every={WARMUP_STEPS}", *overrides])
-    metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}{label}", case))
+    metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}-{variant}", case))
     return {"images_per_s": metrics["images_per_s"], "peak_rss_mb": peak_rss_mb(),
             "flops_per_image": train_flops_per_image(cfg, device)}
 
@@ -201,7 +201,7 @@ def bench(args: BenchArgs) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         if "ldm" in args.cases:  # the latent case needs an autoencoder checkpoint: a one-step AE run writes one
             in_fresh_process(run_mindiff, "ae", "bf16", 1, args.data, device, workdir)
-            Path(workdir, "ae-bf16").rename(Path(workdir, "ae"))
+            Path(workdir, "ae-bf16-mindiff").rename(Path(workdir, "ae"))
         for case in args.cases:
             if case == "sample":
                 for precision in args.precisions:
@@ -218,7 +218,7 @@ def bench(args: BenchArgs) -> dict:
             for precision in args.precisions:
                 for impl, overrides in variants.items():
                     r = in_fresh_process(run_mindiff, case, precision, args.steps, args.data, device, workdir,
-                                         overrides, impl.replace("mindiff", ""))
+                                         overrides, impl)
                     gflops = r["flops_per_image"] * r["images_per_s"] / 1e9
                     row = {"case": case, "impl": impl, "overrides": overrides, "precision": precision, **r,
                            "gflop_s": gflops, "peak_fraction": gflops / peaks[precision]}

@@ -258,7 +258,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
                 bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
                            dynamic_ncols=True, leave=False)
-                pending, losses, start, throughput = [], [], time.perf_counter(), Throughput(tc.batch_size)
+                pending, losses, throughput = [], [], Throughput(tc.batch_size)
                 for i, idx in enumerate(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device)):
                     if i < skip:
                         continue
@@ -281,7 +281,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 if pending:
                     losses += flush(pending)
                 bar.close()
-                seconds, images_per_s = time.perf_counter() - start, throughput.images_per_s(len(losses))
+                seconds, images_per_s = time.perf_counter() - throughput.start, throughput.images_per_s(len(losses))
                 epoch_done = step == (epoch + 1) * steps_per_epoch
                 epoch += int(epoch_done)
                 metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=epoch, steps=step,
