@@ -26,18 +26,23 @@ class Dist:
         per_rank = batch_size // self.world
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
 
+    @staticmethod
+    def _device() -> str:
+        """Where a tensor for a collective must live: nccl reduces on the GPU, gloo on the CPU."""
+        return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
     def any(self, flag: bool) -> bool:
         """True on every rank if it is True on one (a stop must happen on all ranks at the same step)."""
         if self.world == 1:
             return flag
-        t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        t = torch.tensor([int(flag)], device=self._device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
     def mean(self, values: list) -> list:
         if self.world == 1 or not values:
             return values
-        t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
         dist.all_reduce(t)
         return (t / self.world).tolist()
 

@@ -75,7 +75,8 @@ class Optimizer:
             self.opt = kind(params, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
             self.opt.train()
         elif algorithm == "adamw":
-            self.opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+            self.opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                         fused=fused or None)  # None, not False: torch then picks foreach
         else:
             raise ValueError(f"optim.algorithm={algorithm!r}: choose schedulefree_adamw or adamw")
         own_warmup = 0 if self.schedule_free else warmup_steps
