@@ -84,11 +84,11 @@ def sync(device) -> None:
 
 def train_flops_per_image(cfg, device) -> float:
     """FLOPs of one forward+backward of the model per image, counted by torch's FlopCounterMode."""
-    from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
+    from mindiff.build import build, plain
     from mindiff.config import input_shape
-    model = instantiate(cfg.model).to(device)
+    model = build(plain(cfg)["model"], "model").to(device)
     shape = input_shape(cfg.autoencoder.ckpt, cfg.dataset.channels, cfg.dataset.image_size)
     x, t, y = torch.randn(8, *shape, device=device), torch.rand(8, device=device), torch.zeros(8, dtype=torch.long,
                                                                                                device=device)
@@ -117,11 +117,11 @@ def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) ->
     import schedulefree
     import torchvision
     import torchvision.transforms as T
-    from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
-    from mindiff.checkpoint import build_autoencoder, build_objective, load_autoencoder
+    from mindiff.build import autoencoder_model, build, load_autoencoder, objective_for, plain
     cfg = compose(overrides_for(case, data, Path(workdir)))
+    resolved = plain(cfg)
     channels = cfg.dataset.channels
     normalize = T.Normalize([0.5] * channels, [0.5] * channels)
     if case == "mnist":
@@ -130,12 +130,13 @@ def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) ->
         ds = torchvision.datasets.ImageFolder(f"{data}/cifar10-jpeg/train", transform=T.Compose(
             [T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
     loader = DataLoader(ds, batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True)
-    model = instantiate(cfg.model).to(device)
-    encoder = build_autoencoder(load_autoencoder(cfg.autoencoder.ckpt)).to(device) if case == "ldm" else None
+    model = build(resolved["model"], "model").to(device)
+    ckpt = cfg.autoencoder.ckpt
+    encoder = autoencoder_model(load_autoencoder(ckpt), ckpt).to(device) if case == "ldm" else None
     opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                          weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps)
     opt.train()
-    objective = build_objective(cfg.schedule)  # the same loss as mindiff's, so only the loop differs
+    objective = objective_for(resolved["schedule"])  # the same loss as mindiff's, so only the loop differs
     n, start = 0, None
     for i, (x, y) in enumerate(loader):
         if i == WARMUP_STEPS:
@@ -160,12 +161,11 @@ def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) ->
 def run_sampling(precision: str, data: str, device: str, workdir: str, grid: int = 16) -> dict:
     """ms per Euler step for a grid x grid sample grid of the MNIST toy; on a GPU it also proves the loop
     has no host sync."""
-    from hydra.utils import instantiate
-
-    from mindiff.trainer import autocast
-    cfg = compose(overrides_for("sample", data, Path(workdir)))
-    model = instantiate(cfg.model).to(device).eval()
-    objective = instantiate(cfg.schedule)
+    from mindiff.build import build, plain
+    from mindiff.runtime import autocast
+    resolved = plain(compose(overrides_for("sample", data, Path(workdir))))
+    model = build(resolved["model"], "model").to(device).eval()
+    objective = build(resolved["schedule"], "schedule")
     noise = torch.randn(grid * grid, 1, 28, 28, device=device)
     labels = torch.arange(grid * grid, device=device) % 10
     cuda = torch.device(device).type == "cuda"
@@ -193,8 +193,8 @@ def bench(args: BenchArgs) -> dict:
         raise ConfigError(f"cases has {sorted(unknown)}; choose from {', '.join(CASES)}")
     if not (Path(args.data) / "MNIST" / "raw").is_dir():
         raise ConfigError(f"data={args.data!r} holds no MNIST/raw: point it at the shared data folder")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
-                                                                              else args.device)
+    from mindiff.runtime import pick_device
+    device = pick_device(args.device, key="device").type
     peaks = {p: matmul_peak(device, torch.bfloat16 if p == "bf16" else torch.float32) for p in ("fp32", "bf16")}
     print(f"device {device}; matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     rows = []

@@ -1,55 +1,43 @@
-"""Checkpoints: written atomically, loaded with weights_only=True, and self-describing.
+"""Checkpoints: written atomically and durably, loaded with weights_only=True, and self-describing.
 
-A checkpoint carries the resolved config that built it, so sampling, evaluation and later
-stages rebuild the model from the file alone.
+A checkpoint carries the resolved config that built it, so sampling, evaluation and later stages
+rebuild the model from the file alone (mindiff.build, through its allowlist: the file is data).
 """
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Optional
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+
+from mindiff.errors import UserError
+from mindiff.files import atomic_write
 
 FORMAT = "mindiff-checkpoint-v1"
+KIND_USES = {  # what each kind of checkpoint is for, for the message when another kind is given
+    "diffusion": "sample and evaluate a denoiser's checkpoint (a model=mlp2 or model=conv_adaln run)",
+    "autoencoder": "autoencoder.ckpt and mindiff.reconstruct take a model=autoencoder run's checkpoint "
+                   "(experiment=cifar_ae)",
+}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message says which file and why."""
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
-    """Write to a temp file, flush it to disk, then rename: a kill at any moment leaves either
-    the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """A kill at any moment leaves either the old file or the new one, never a torn one."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f), durable=True)
     except (OSError, RuntimeError) as e:  # e.g. no space left on the device
-        tmp.unlink(missing_ok=True)
         previous = "the previous checkpoint there is intact" if path.exists() else "nothing was saved"
         raise CheckpointError(f"could not write {path} ({e}); {previous}. Free some space and resume with "
                               f"trainer.resume=auto") from None
-    os.replace(tmp, path)
-    return path
 
 
-def save_cache(obj, path: Path) -> None:
-    """A cache file that parallel sweep jobs may write at once: each writes its own temp file and
-    renames it into place, so a reader sees a whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, kind: Optional[str] = None) -> dict:
+    """The checkpoint's contents (tensors and plain values only); `kind`: refuse any other kind."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: pass the path of a .pt file a run wrote under checkpoints/")
@@ -65,45 +53,16 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mindiff checkpoint (no '{FORMAT}' marker)")
+    if kind is not None and state.get("kind") != kind:
+        raise CheckpointError(f"{path} is {_a(state.get('kind', 'unknown'))} checkpoint, not {_a(kind)}: "
+                              f"{KIND_USES[kind]}")
     return state
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     last = run_dir / "checkpoints" / "last.pt"
     return last if last.is_file() else None
-
-
-def load_autoencoder(path) -> dict:
-    """The frozen autoencoder of a latent run, as {"config", "model"}: rebuilt from the config saved
-    in its own checkpoint, so its architecture is never repeated (and cannot disagree)."""
-    state = load_checkpoint(path)
-    if state.get("kind") != "autoencoder":
-        raise CheckpointError(f"{path} is a {state.get('kind', 'unknown')} checkpoint, not an autoencoder: "
-                              f"autoencoder.ckpt takes a checkpoint written by a model=autoencoder run "
-                              f"(experiment=cifar_ae)")
-    return {"config": state["config"], "model": state["model"]}
-
-
-def build_autoencoder(autoencoder: dict) -> torch.nn.Module:
-    model = instantiate(OmegaConf.create(autoencoder["config"]).model)
-    model.load_state_dict(autoencoder["model"])
-    return model
-
-
-def build_objective(schedule_cfg, autoencoder: Optional[dict] = None):
-    """The run's objective; with an autoencoder, the same diffusion on its latents."""
-    from mindiff.objectives import InLatentSpace  # objectives import data; keep this module light
-
-    objective = instantiate(schedule_cfg)
-    return InLatentSpace(objective, build_autoencoder(autoencoder)) if autoencoder is not None else objective
-
-
-def build_from_checkpoint(state: dict, device="cpu"):
-    """Rebuild (model with inference weights, objective, config) from a loaded checkpoint."""
-    cfg = OmegaConf.create(state["config"])
-    model = instantiate(cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit the model its config builds: {e}") from None
-    return model.to(device).eval(), build_objective(cfg.schedule, state.get("autoencoder")), cfg

@@ -7,19 +7,17 @@ from typing import Callable, Optional, Sequence, Type, TypeVar
 
 from omegaconf import OmegaConf
 
-from mindiff.checkpoint import CheckpointError
 from mindiff.config import ConfigError
-from mindiff.data import DatasetError
-
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+from mindiff.errors import UserError
 
 
 def user_error(e: BaseException) -> Optional[BaseException]:
-    """The user error behind `e`, looking through wrappers such as Hydra's InstantiationException."""
+    """The user error behind `e`, looking through wrappers: Hydra's, and OmegaConf's for an error raised in a
+    resolver (which chains it only as the context)."""
     while e is not None:
-        if isinstance(e, USER_ERRORS):
+        if isinstance(e, UserError):
             return e
-        e = e.__cause__
+        e = e.__cause__ or e.__context__
     return None
 
 

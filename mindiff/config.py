@@ -5,6 +5,7 @@ so a wrong type fails at composition with the key's name, before any work starts
 Value ranges that a type cannot express are checked by `validate`.
 """
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mindiff.errors import UserError
 
 
 # ---- dataset ---------------------------------------------------------------------------------
@@ -184,9 +187,9 @@ def input_shape(autoencoder_ckpt: Optional[str], channels: int, image_size: int)
 @lru_cache(maxsize=8)
 def _latent_shape(path: str, mtime: Optional[int], channels: int, image_size: int) -> Tuple[int, ...]:
     """Cached per checkpoint version: the interpolation resolves several times per run."""
-    from mindiff.checkpoint import build_autoencoder, load_autoencoder
+    from mindiff.build import latent_shape  # build needs the schemas' errors; this resolver needs build
 
-    return tuple(build_autoencoder(load_autoencoder(path)).latent_shape((channels, image_size, image_size)))
+    return latent_shape(path, (channels, image_size, image_size))
 
 
 def register_resolvers() -> None:
@@ -194,9 +197,11 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("mindiff.input_channels", lambda *a: input_shape(*a)[0], replace=True)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 CHOICES = {
-    ("trainer", "device"): ("auto", "cpu", "cuda"),
-    ("trainer", "precision"): ("fp32", "bf16"),
+    ("trainer", "device"): DEVICES,
+    ("trainer", "precision"): PRECISIONS,
     ("logger", "mode"): ("auto", "online", "offline", "disabled"),
     ("optim", "algorithm"): ("schedulefree_adamw", "adamw"),
     ("optim", "decay"): ("none", "cosine"),
@@ -207,11 +212,15 @@ POSITIVE = [
     ("trainer", "sample_every"), ("trainer", "sample_grid"), ("trainer", "ckpt_every"),
     ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"), ("eval", "every"), ("eval", "n"),
     ("eval", "classifier_epochs"), ("trainer", "keep_last"),
+    ("dataset", "channels"), ("dataset", "image_size"), ("dataset", "num_classes"), ("dataset", "resolution"),
+    ("dataset", "train_size"), ("dataset", "test_size"),
 ]
+NOT_NEGATIVE = [("optim", "weight_decay"), ("optim", "min_lr"), ("optim", "warmup_steps"),
+                ("schedule", "ssim_weight")]
 LOSS_TERMS = ("target", "eps", "x0", "ssim")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that has the right type but cannot work; the message says what to change."""
 
 
@@ -228,20 +237,58 @@ def missing_cpp_compiler() -> Optional[str]:
     return None
 
 
+def check_choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def check_device(requested: str, key: str = "trainer.device") -> None:
+    """`key`: the setting's name as the user typed it (trainer.device, or a CLI's device)."""
+    check_choice(key, requested, DEVICES)
+    if requested == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}=cuda but no CUDA device is visible; use {key}=auto or {key}=cpu")
+
+
+def _check_finite(node, key: str = "") -> None:
+    """nan and inf pass every range check (nan <= 0 is False), so every float is checked for them."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} must be a finite number")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the value ranges of a composed config, raising ConfigError naming the key."""
 
     def get(group: str, key: str) -> Any:
         return cfg.get(group, {}).get(key) if group in cfg else None
 
+    _check_finite(OmegaConf.to_container(cfg, resolve=False))
     for (group, key), allowed in CHOICES.items():
         value = get(group, key)
-        if value is not None and value not in allowed:
-            raise ConfigError(f"{group}.{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+        if value is not None:
+            check_choice(f"{group}.{key}", value, allowed)
     for group, key in POSITIVE:
         value = get(group, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{group}.{key}={value} must be > 0")
+    for group, key in NOT_NEGATIVE:
+        value = get(group, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{group}.{key}={value} must be >= 0")
+    for i, beta in enumerate(get("optim", "betas") or []):
+        if not 0 <= beta < 1:
+            raise ConfigError(f"optim.betas[{i}]={beta} must be in [0, 1)")
+    fraction = get("dataset", "test_fraction")
+    if fraction is not None and not 0 < fraction < 1:
+        raise ConfigError(f"dataset.test_fraction={fraction} must be between 0 and 1")
+    check_device(get("trainer", "device") or "auto")
     for term in get("schedule", "loss_terms") or []:
         if term not in LOSS_TERMS:
             raise ConfigError(f"schedule.loss_terms has {term!r}; each term must be one of {', '.join(LOSS_TERMS)}")

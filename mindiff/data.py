@@ -19,7 +19,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
-from mindiff.checkpoint import save_cache
+from mindiff.errors import UserError, one_line
+from mindiff.files import atomic_write, check_writable_dir, save_cache
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Dataset:
         return tuple(self.train.images.shape[1:])
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """The data cannot be loaded; the message says where it looked and what to do."""
 
 
@@ -58,11 +59,6 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 [0, 255]."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def _one_line(e: BaseException) -> str:
-    """torchvision's download errors span lines (one per mirror tried); a user error is one line."""
-    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -92,22 +88,25 @@ def _unpack_gz_layout(root: Path, folder: str) -> Path:
     for gz in gz_files:
         target = raw / gz.name[: -len(".gz")]
         if not target.exists():
-            with gzip.open(gz, "rb") as src, open(target.with_suffix(".tmp"), "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            target.with_suffix(".tmp").replace(target)
+            with gzip.open(gz, "rb") as src:
+                atomic_write(target, lambda dst: shutil.copyfileobj(src, dst))
     return cache
 
 
 def _torchvision_mnist_like(cls, name: str, root: str, download: bool, channels: int, image_size: int,
                             num_classes: int, hflip: bool) -> Dataset:
     root_path = _unpack_gz_layout(Path(root).expanduser(), cls.__name__)
+    raw = Path(root_path).resolve() / cls.__name__ / "raw"
     splits = []
     for train in (True, False):
         try:
             ds = cls(root=str(root_path), train=train, download=download)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
+            if all((raw / Path(url).stem).is_file() for url, _ in cls.resources):  # the files are there: bad bytes
+                raise DatasetError(f"{name} under {raw} is truncated or corrupt ({one_line(e)}); replace its "
+                                   f"*-ubyte files, or set dataset.root to another copy") from None
             raise DatasetError(
-                f"{name} not found under {Path(root_path).resolve() / cls.__name__ / 'raw'} ({_one_line(e)}). "
+                f"{name} not found under {Path(root_path).resolve() / cls.__name__ / 'raw'} ({one_line(e)}). "
                 f"Set dataset.root to the folder that holds {cls.__name__}/raw, or dataset.download=true when online."
             ) from None
         images = _resize(ds.data.unsqueeze(1), image_size)
@@ -135,7 +134,7 @@ def cifar10(root: str, download: bool, channels: int = 3, image_size: int = 32, 
             ds = torchvision.datasets.CIFAR10(root=root, train=train, download=download)
         except RuntimeError as e:
             raise DatasetError(
-                f"CIFAR-10 not found under {Path(root).resolve() / 'cifar-10-batches-py'} ({_one_line(e)}). Set dataset.root "
+                f"CIFAR-10 not found under {Path(root).resolve() / 'cifar-10-batches-py'} ({one_line(e)}). Set dataset.root "
                 f"to the folder that holds cifar-10-batches-py, dataset.download=true when online, or use "
                 f"dataset=image_folder for a folder of class sub-folders"
             ) from None
@@ -157,6 +156,7 @@ def _decode_folder(folder: Path, size: int, channels: int, cache_dir: Path) -> T
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
         return ImageSet(saved["images"], saved["labels"]), list(saved["classes"])
+    check_writable_dir(cache_dir, "dataset.cache_dir (or $MINDIFF_CACHE)")  # before minutes of decoding
     mode = "RGB" if channels == 3 else "L"
     images = torch.empty(len(ds.samples), channels, size, size, dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(ds.samples, desc=f"decoding {folder.name}", unit="img", mininterval=2)):

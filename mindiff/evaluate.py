@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mindiff.checkpoint import build_from_checkpoint, load_checkpoint
+from mindiff.build import build, from_checkpoint, read_checkpoint
 from mindiff.cli import run_command
-from mindiff.config import ConfigError
+from mindiff.config import PRECISIONS, ConfigError, check_choice
+from mindiff.files import check_writable_dir, check_writable_file
 from mindiff.metrics import Evaluator
-from mindiff.trainer import autocast, pick_device
+from mindiff.runtime import autocast, pick_device
 
 
 @dataclass
@@ -42,22 +42,26 @@ class EvaluateArgs:
 def evaluate(args: EvaluateArgs) -> dict:
     if args.n <= 0:
         raise ConfigError(f"n={args.n} must be > 0")
-    device = pick_device(args.device)
-    state = load_checkpoint(args.ckpt)
-    model, objective, cfg = build_from_checkpoint(state, device)
+    if args.steps is not None and args.steps <= 0:
+        raise ConfigError(f"steps={args.steps} must be > 0")
+    check_choice("precision", args.precision, PRECISIONS)
+    device = pick_device(args.device, key="device")
+    out = check_writable_file(args.out or Path(args.ckpt).with_name("metrics.json"), "out")
+    check_writable_dir(args.cache_dir, "cache_dir (or $MINDIFF_CACHE)")
+    state = read_checkpoint(args.ckpt)
+    model, objective, cfg = from_checkpoint(state, args.ckpt, device)
     dataset_cfg = OmegaConf.to_container(cfg.dataset)
     if args.dataset_root:
         dataset_cfg["root"] = args.dataset_root
     if "download" in dataset_cfg:  # evaluation never downloads
         dataset_cfg["download"] = False
-    data = instantiate(dataset_cfg)
+    data = build(dataset_cfg, "dataset", args.ckpt)
     evaluator = Evaluator(data, device, args.cache_dir, args.classifier_epochs, args.inception_weights, args.fid)
     if args.steps:
         objective.sample_steps = args.steps
     with autocast(device, args.precision):
         scores = objective.evaluate(model, data, evaluator, args.n, args.seed)
     result = {"ckpt": str(args.ckpt), "kind": state.get("kind"), "epoch": state["epoch"], "n": args.n, **scores}
-    out = Path(args.out) if args.out else Path(args.ckpt).with_name("metrics.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     return {"metrics": result, "out": out}
 

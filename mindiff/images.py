@@ -7,15 +7,13 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from mindiff.files import atomic_write
+
 
 def save_grid(images_uint8: torch.Tensor, path: Path, nrow: int) -> Path:
     """Write N x C x H x W uint8 images as one PNG grid, `nrow` images per row."""
     grid = make_grid(images_uint8.cpu(), nrow=nrow, padding=2, pad_value=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG"))
 
 
 def save_gif(frames: Sequence[Path], path: Path, seconds_per_frame: float = 0.4) -> Path:
@@ -23,7 +21,5 @@ def save_gif(frames: Sequence[Path], path: Path, seconds_per_frame: float = 0.4)
     images = [Image.open(f).convert("RGB") for f in frames]
     durations = [int(seconds_per_frame * 1000)] * len(images)
     durations[-1] *= 5
-    tmp = path.with_name(path.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                       duration=durations, loop=0))

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mindiff.checkpoint import save_cache
+from mindiff.errors import not_fatal
+from mindiff.files import save_cache
 from mindiff.data import Dataset, epoch_batches, to_unit_range
 from mindiff.models.classifier import Classifier
 
@@ -102,7 +103,8 @@ class Evaluator:
         _, preds = predict(model, self.data.test.images, self.device)
         accuracy = (preds == self.data.test.labels.cpu()).float().mean().item()
         log.info("evaluation classifier: held-out accuracy %.4f", accuracy)
-        save_cache({"model": model.state_dict(), "test_accuracy": accuracy}, path)
+        with not_fatal(f"caching the evaluation classifier at {path} (it is trained again next time)"):
+            save_cache({"model": model.state_dict(), "test_accuracy": accuracy}, path)
         return model, accuracy
 
     def floor(self, n: int) -> float:

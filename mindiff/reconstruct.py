@@ -13,12 +13,13 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from mindiff.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
+from mindiff.build import from_checkpoint, read_checkpoint
 from mindiff.cli import run_command
 from mindiff.config import ConfigError
 from mindiff.data import to_uint8, to_unit_range
+from mindiff.files import check_writable_file
 from mindiff.images import save_grid
-from mindiff.trainer import pick_device
+from mindiff.runtime import pick_device
 
 
 @dataclass
@@ -30,14 +31,12 @@ class ReconstructArgs:
 
 
 def reconstruct(args: ReconstructArgs) -> dict:
-    state = load_checkpoint(args.ckpt)
-    if state.get("kind") != "autoencoder":
-        raise CheckpointError(f"{args.ckpt} is a {state.get('kind')} checkpoint, not an autoencoder "
-                              f"(train one with experiment=cifar_ae)")
     if not Path(args.image).is_file():
         raise ConfigError(f"image={args.image!r}: no such file")
-    device = pick_device(args.device)
-    model, _, cfg = build_from_checkpoint(state, device)
+    device = pick_device(args.device, key="device")
+    out = check_writable_file(args.out, "out")
+    state = read_checkpoint(args.ckpt, kind="autoencoder")
+    model, _, cfg = from_checkpoint(state, args.ckpt, device)
     mode = "RGB" if cfg.model.in_channels == 3 else "L"
     try:
         with Image.open(args.image) as im:
@@ -51,7 +50,7 @@ def reconstruct(args: ReconstructArgs) -> dict:
     with torch.no_grad():
         latent = model.encode(x)
         recon = model.decode(latent).float().clamp(-1, 1)
-    out = save_grid(to_uint8(torch.cat([x, recon])), Path(args.out), nrow=2)
+    out = save_grid(to_uint8(torch.cat([x, recon])), out, nrow=2)
     psnr = peak_signal_noise_ratio(recon, x, data_range=2.0).item()
     return {"out": out, "latent_shape": tuple(latent.shape[1:]), "psnr": psnr}
 

@@ -6,17 +6,17 @@ conditioned on, cycling 0..9 unless `classes` lists some) to an .npz, or a grid 
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import torch
 
-from mindiff.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
-from mindiff.config import ConfigError
+from mindiff.build import from_checkpoint, read_checkpoint
 from mindiff.cli import run_command
+from mindiff.config import PRECISIONS, ConfigError, check_choice
+from mindiff.files import check_writable_file
 from mindiff.images import save_grid
-from mindiff.trainer import autocast, pick_device
+from mindiff.runtime import autocast, pick_device
 
 
 @dataclass
@@ -37,12 +37,11 @@ def sample(args: SampleArgs) -> dict:
         raise ConfigError("n, batch_size and steps must be > 0")
     if not args.out.endswith((".npz", ".png")):
         raise ConfigError(f"out={args.out!r}: end it in .npz (arrays) or .png (a grid)")
-    device = pick_device(args.device)
-    state = load_checkpoint(args.ckpt)
-    if state.get("kind") != "diffusion":
-        raise CheckpointError(f"{args.ckpt} is an {state.get('kind')} checkpoint: sample from a denoiser's checkpoint "
-                              f"(mindiff.reconstruct runs an autoencoder)")
-    model, objective, cfg = build_from_checkpoint(state, device)
+    check_choice("precision", args.precision, PRECISIONS)
+    device = pick_device(args.device, key="device")
+    out = check_writable_file(args.out, "out")
+    state = read_checkpoint(args.ckpt, kind="diffusion")
+    model, objective, cfg = from_checkpoint(state, args.ckpt, device)
     num_classes = cfg.dataset.num_classes
     classes = torch.tensor(args.classes if args.classes else list(range(num_classes)), dtype=torch.long)
     if classes.min() < 0 or classes.max() >= num_classes:
@@ -51,8 +50,6 @@ def sample(args: SampleArgs) -> dict:
     image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     with autocast(device, args.precision):
         images = objective.generate(model, labels, image_shape, args.seed, args.batch_size, args.steps, progress=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         save_grid(images, out, nrow=len(classes) if len(classes) > 1 else int(math.sqrt(args.n)))
     else:

@@ -1,5 +1,6 @@
 """Weights & Biases: the mode is chosen before `wandb.init`, so a run never waits on the network."""
 
+import functools
 import logging
 import netrc
 import os
@@ -9,6 +10,7 @@ from typing import Optional, Sequence
 import wandb
 
 from mindiff.config import ConfigError
+from mindiff import errors
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 5  # an unreachable server must not hold up training for long
@@ -37,12 +39,22 @@ def choose_mode(requested: str) -> str:
     return "online" if has_api_key() else "offline"
 
 
+def not_fatal(method):
+    """A failing W&B call (a full disk under wandb/, a broken upload) is logged once; training goes on."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        with errors.not_fatal(f"W&B {method.__name__}", self.failed):
+            return method(self, *args, **kwargs)
+    return guarded
+
+
 class Tracker:
     """One W&B run per training run; resumed by id when the training run is resumed."""
 
     def __init__(self, mode: str, run_dir: Path, config: dict, name: str, group: Optional[str],
                  project: str, entity: Optional[str], tags: Sequence[str], run_id: Optional[str] = None):
         self.mode = mode  # from choose_mode, called before any work starts
+        self.failed = set()  # the calls that failed (each is reported once)
         kwargs = dict(project=project, entity=entity, dir=str(run_dir), config=config, name=name, group=group,
                       tags=[t if len(t) <= 64 else t[:61] + "..." for t in tags],  # W&B allows 64 chars
                       id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
@@ -64,15 +76,19 @@ class Tracker:
     def run_id(self) -> Optional[str]:
         return None if self.mode == "disabled" else self.run.id
 
+    @not_fatal
     def log(self, metrics: dict, step: int) -> None:
         self.run.log(metrics, step=step)
 
+    @not_fatal
     def log_image(self, key: str, path: Path, step: int, caption: str = "") -> None:
         self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)
 
+    @not_fatal
     def log_video(self, key: str, path: Path, step: int) -> None:
         self.run.log({key: wandb.Video(str(path), format="gif")}, step=step)
 
+    @not_fatal
     def log_checkpoint(self, path: Path, aliases: Sequence[str]) -> None:
         if self.mode == "disabled":
             return
@@ -80,8 +96,10 @@ class Tracker:
         artifact.add_file(str(path))
         self.run.log_artifact(artifact, aliases=list(aliases))
 
+    @not_fatal
     def summary(self, values: dict) -> None:
         self.run.summary.update(values)
 
+    @not_fatal
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)

@@ -16,11 +16,12 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import mindiff.config  # noqa: F401  (registers the schemas)
 from mindiff.cli import exit_on_user_error, user_error
 from mindiff.distributed import Dist, from_environment
+from mindiff.files import check_run_dir_free, check_writable_dir
 from mindiff.trainer import RunInfo, train
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ def preflight(argv) -> None:
         return
     overrides = []
     for o in OverridesParser.create().parse_overrides(args.overrides):
-        if o.is_hydra_override():
-            continue
         if o.is_sweep_override():
             try:
                 overrides.append(f"{o.get_key_element()}={next(o.sweep_string_iterator())}")
@@ -63,12 +62,17 @@ def preflight(argv) -> None:
     searchpath = [f"hydra.searchpath=[file://{CONF}]"] if args.config_dir else []
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name=args.config_name or "config", overrides=[*searchpath, *overrides])
+            cfg = compose(config_name=args.config_name or "config", overrides=[*searchpath, *overrides],
+                          return_hydra_config=True)
+            out_key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+            out_dir = Path(OmegaConf.select(cfg, out_key))
     except Exception as e:
         print(f"mindiff.train: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    if not args.multirun:  # in a sweep, a bad value fails its own job only
-        with exit_on_user_error("mindiff.train"):
+    with exit_on_user_error("mindiff.train"):
+        check_writable_dir(out_dir, out_key, create=False)  # Hydra would fail there with a traceback
+        if not args.multirun:  # in a sweep, a bad value or a busy run dir fails its own job only
+            check_run_dir_free(out_dir)
             mindiff.config.validate(cfg)
 
 

@@ -2,7 +2,7 @@
 loss is, what to batch from, how progress looks and how it is scored; the loop steps, logs,
 writes grids and checkpoints."""
 
-import contextlib
+import itertools
 import json
 import logging
 import math
@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mindiff.checkpoint import (CheckpointError, build_objective, latest_checkpoint, load_autoencoder,
-                                load_checkpoint, save_checkpoint)
-from mindiff.config import validate
-from mindiff.config import ConfigError
+from mindiff.build import build, load_autoencoder, objective_for, plain, read_checkpoint
+from mindiff.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+from mindiff.config import ConfigError, validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8
 from mindiff.distributed import Dist
+from mindiff.errors import not_fatal
+from mindiff.files import check_writable_dir, lock_run_dir
 from mindiff.images import save_gif, save_grid
 from mindiff.metrics import Evaluator
+from mindiff.resume import check_position, check_same_run
+from mindiff.runtime import autocast, pick_device, rng_state, set_rng_state
 from mindiff.tracking import Tracker, choose_mode
 
 log = logging.getLogger(__name__)
@@ -38,33 +40,6 @@ class RunInfo:
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     dist: Dist = Dist()  # this process's rank; rank 0 alone writes checkpoints, grids and W&B
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
-    return torch.device(requested)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -136,9 +111,21 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """This process alone trains in `run_dir` (a second gets one line, exit code 2); temp files that a
+    killed write left in it are removed; the evaluation cache, written after the first epoch, is checked
+    before any work."""
+    lock_run_dir(run_dir)
+    for stale in (run_dir / "checkpoints").glob("*.tmp"):
+        stale.unlink()
+    if cfg.eval.every:
+        check_writable_dir(cfg.eval.cache_dir, "eval.cache_dir (or $MINDIFF_CACHE)")
+
+
 def train(cfg: DictConfig, info: RunInfo) -> dict:
     """Train the model the config describes; returns the final metrics (also in run_dir/metrics.json)."""
     validate(cfg)
+    resolved = plain(cfg)  # what the checkpoint records; every object is built from it, through the allowlist
     wandb_mode = choose_mode(cfg.logger.mode)
     tc, d = cfg.trainer, info.dist
     if tc.batch_size % d.world:
@@ -147,20 +134,27 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     device = pick_device(tc.device)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
+    if d.main:
+        claim_run_dir(info.run_dir, cfg)
     ckpt_path = checkpoint_to_resume(tc.resume, info.run_dir)
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
-    if state is not None and state["epoch"] >= tc.epochs:
-        log.info("%s already finished its %d epochs; nothing to train", info.run_dir, tc.epochs)
-        return {**state.get("metrics", {}), "status": "already finished"}
+    state = read_checkpoint(ckpt_path) if ckpt_path else None
+    if state is not None:
+        check_same_run(state["config"], resolved, ckpt_path)
+        if state["epoch"] >= tc.epochs:
+            log.info("%s already finished its %d epochs; nothing to train", info.run_dir, tc.epochs)
+            return {**state.get("metrics", {}), "status": "already finished"}
 
     torch.manual_seed(tc.seed)
     autoencoder = load_autoencoder(cfg.autoencoder.ckpt) if cfg.autoencoder.ckpt else None
-    objective = build_objective(cfg.schedule, autoencoder)
-    data = instantiate(cfg.dataset)
+    objective = objective_for(resolved["schedule"], autoencoder)
+    data = build(resolved["dataset"], "dataset")
     if len(data.train) < tc.batch_size:
         raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset "
                            f"({len(data.train)} images); lower it")
-    model = instantiate(cfg.model).to(device)
+    if state is not None and state.get("train_images", len(data.train)) != len(data.train):
+        raise DatasetError(f"resuming {ckpt_path}: the run trained on {state['train_images']} images, but the "
+                           f"dataset now has {len(data.train)}; point dataset.root at the data it started with")
+    model = build(resolved["model"], "model").to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
@@ -172,7 +166,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         inputs = objective.inputs(data, device)
     steps_per_epoch = len(inputs) // tc.batch_size
     shard = d.shard(tc.batch_size)  # this process's slice of every global batch
-    optimizer = instantiate(cfg.optim, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
+    optimizer = build(resolved["optim"], "optim", None, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
     n_params = sum(p.numel() for p in model.parameters())
 
     epoch, step, run_id, metrics = 0, 0, None, {}
@@ -186,9 +180,9 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         epoch, step, run_id, metrics = state["epoch"], state["step"], state["wandb_run_id"], state.get("metrics", {})
+        check_position(step, epoch, steps_per_epoch, ckpt_path)
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch, step)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     lc = cfg.logger
     tracker = Tracker(wandb_mode if d.main else "disabled", info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
                       [*lc.tags, *info.tags], run_id=run_id)
@@ -235,7 +229,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
             snapshot = {"config": resolved, "kind": objective.kind, "autoencoder": autoencoder,
                         "model": model.state_dict(), "train_model": train_weights,
                         "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
-                        "wandb_run_id": tracker.run_id, "parameters": n_params, "metrics": dict(metrics)}
+                        "wandb_run_id": tracker.run_id, "parameters": n_params, "metrics": dict(metrics),
+                        "train_images": len(data.train)}
             for name in names:
                 save_checkpoint(snapshot, ckpt_dir / name)
 
@@ -244,8 +239,10 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
         first = step - len(losses) + 1
         for i, value in enumerate(losses):
             if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss became {value} at step {first + i}; the last good checkpoint in "
-                                    f"{ckpt_dir} is kept. Lower optim.lr or try trainer.precision=fp32")
+                last = ckpt_dir / "last.pt"
+                kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written yet"
+                raise NonFiniteLoss(f"loss became {value} at step {first + i}; {kept}. Lower optim.lr or try "
+                                    f"trainer.precision=fp32")
             tracker.log({"loss": value, "lr": optimizer.lr, "epoch": epoch}, step=first + i)
         pending.clear()
         return losses
@@ -258,10 +255,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
                 bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
                            dynamic_ncols=True, leave=False)
-                pending, losses, throughput = [], [], Throughput(tc.batch_size)
-                for i, idx in enumerate(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device)):
-                    if i < skip:
-                        continue
+                pending, losses, throughput, pass_start = [], [], Throughput(tc.batch_size), step
+                for idx in itertools.islice(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device), skip, None):
                     x, y = inputs.batch(idx)
                     with amp:
                         loss, _ = objective.loss(train_model, x, y, shard)
@@ -281,6 +276,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 if pending:
                     losses += flush(pending)
                 bar.close()
+                if step == pass_start:  # check_position makes this unreachable; never loop without progress
+                    raise RuntimeError(f"epoch {epoch + 1} made no step (step {step}, {steps_per_epoch} per epoch)")
                 seconds, images_per_s = time.perf_counter() - throughput.start, throughput.images_per_s(len(losses))
                 epoch_done = step == (epoch + 1) * steps_per_epoch
                 epoch += int(epoch_done)
@@ -293,14 +290,18 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
                 tag = f"epoch_{epoch:04d}" if epoch_done else f"step_{step:06d}"
                 asked_for = epoch_done and epoch in tc.sample_epochs
                 run_ends = epoch == tc.epochs or (stopped and stop_signal.signum is None)  # a signal: save, go
-                if run_ends or asked_for or (epoch_done and epoch % tc.sample_every == 0):
-                    write_samples(tag)
-                if ec.every and (run_ends or (epoch_done and epoch % ec.every == 0)):
-                    evaluate(tag)
                 keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
-                write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))
+                write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))  # first: nothing after can lose it
                 if d.main:
                     prune_snapshots(ckpt_dir, tc.keep_last, tc.sample_epochs)
+                if run_ends or asked_for or (epoch_done and epoch % tc.sample_every == 0):
+                    with not_fatal(f"the sample grid at {tag}"):
+                        write_samples(tag)
+                if ec.every and (run_ends or (epoch_done and epoch % ec.every == 0)):
+                    with not_fatal(f"the evaluation at {tag}"):
+                        evaluate(tag)
+                    if run_ends:  # the final scores belong in the final checkpoint (a re-run sweep returns them)
+                        write_checkpoint("last.pt")
             if stop_signal.signum is not None:
                 name = signal.Signals(stop_signal.signum).name
                 log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with hydra.run.dir=%s "
@@ -310,7 +311,8 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
             d.check_in_sync(model)
             frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns) if d.main else []
             if len(frames) > 1:
-                tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
+                with not_fatal("the progress GIF"):
+                    tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
             if lc.log_checkpoints:
                 tracker.log_checkpoint(ckpt_dir / "last.pt", aliases=[f"epoch_{epoch:04d}", "latest"])
             tracker.summary(metrics)

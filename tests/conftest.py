@@ -20,10 +20,12 @@ TINY_MLP2 = ["model.hidden_dim=64", "model.class_embed_dim=8"]
 TINY = TINY_RUN + TINY_MLP2
 
 
-def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m module args` in `cwd`; past `timeout` seconds it is killed and the test fails (a hang is a
+    failure of the test, not of CI)."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -31,8 +33,9 @@ def run_cli(module: str, *args: str, cwd: Path, check: bool = True) -> subproces
 
 @pytest.fixture
 def train_cli(tmp_path):
-    def run(*overrides: str, run_dir: str = "run", check: bool = True):
+    def run(*overrides: str, run_dir: str = "run", check: bool = True, timeout: float = 300):
         """A tiny run; overrides that pick another model (model=...) drop the mlp2 knobs."""
         base = TINY_RUN if any(o.startswith("model=") for o in overrides) else TINY
-        return run_cli("mindiff.train", *base, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path, check=check)
+        return run_cli("mindiff.train", *base, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path, check=check,
+                       timeout=timeout)
     return run

@@ -54,6 +54,14 @@ def test_missing_dataset_says_where_it_looked_and_what_to_do(tmp_path):
         mnist(root=str(tmp_path / "nowhere"), download=False)
 
 
+def test_a_truncated_mnist_file_is_named_truncated_not_missing(tmp_path):
+    write_mnist_raw(tmp_path / "MNIST" / "raw")
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    with pytest.raises(DatasetError, match=r"MNIST under .*MNIST/raw is truncated or corrupt"):
+        mnist(root=str(tmp_path), download=False)
+
+
 def test_fashion_mnist_reads_debians_flat_gz_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     files = write_mnist_raw(tmp_path / "debian", gz=True)

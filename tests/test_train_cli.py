@@ -181,9 +181,17 @@ def test_keep_last_prunes_old_snapshots_but_keeps_asked_for_epochs(tmp_path, tra
     ("trainer.epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
     ("model=unet", "Could not find 'model/unet'; available options in 'model': autoencoder, conv_adaln, mlp2"),
     ("trainer.batch_size=0", "trainer.batch_size=0 must be > 0"),
+    ("optim.lr=nan", "optim.lr=nan must be a finite number"),
+    ("optim.lr=inf", "optim.lr=inf must be a finite number"),
+    ("optim.betas=[0.9,1.0]", "optim.betas[1]=1.0 must be in [0, 1)"),
+    ("dataset.image_size=0", "dataset.image_size=0 must be > 0"),
+    pytest.param("trainer.device=cuda", "trainer.device=cuda but no CUDA device is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
+    ("hydra.run.dir=a_file/run", "hydra.run.dir=a_file/run: cannot write in a_file/run (a_file is not a folder)"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2_before_any_work(tmp_path, override, message):
-    proc = run_cli("mindiff.train", override, "hydra.run.dir=run", cwd=tmp_path, check=False)
+    (tmp_path / "a_file").write_text("")
+    proc = run_cli("mindiff.train", "hydra.run.dir=run", override, cwd=tmp_path, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mindiff.train: error: ") and message in lines[0]

@@ -1,0 +1,162 @@
+"""Models, objectives, datasets and optimizers from configs: a run's composed config, or the config
+stored in a checkpoint.
+
+A checkpoint is data, never code: nothing here hands a config to hydra's `instantiate`. A group's
+`_target_` must name one of mindiff's own classes in ALLOWED, every other key must be a parameter of
+that class, and every value plain data (numbers, strings, booleans, null, lists of them); the rest of
+a stored config may hold plain mappings too, but no key such as `_target_`, `_args_` or `_partial_`
+at any depth and no interpolation. Anything else is refused, naming the file and the key, before any
+object is built.
+"""
+
+import inspect
+from typing import Optional, Sequence, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mindiff import data
+from mindiff.checkpoint import CheckpointError, load_checkpoint
+from mindiff.config import ConfigError
+from mindiff.models.autoencoder import Autoencoder
+from mindiff.models.conv_adaln import ConvAdaLN
+from mindiff.models.mlp2 import MLP2
+from mindiff.objectives import AlphaBlend, InLatentSpace, Reconstruction
+from mindiff.optim import Optimizer
+
+ALLOWED = {  # group -> {_target_: what it builds}; a new model is one line here besides its file and YAML
+    "dataset": {f"mindiff.data.{f.__name__}": f for f in (data.mnist, data.fashion_mnist, data.cifar10,
+                                                            data.image_folder, data.tiny)},
+    "model": {"mindiff.models.mlp2.MLP2": MLP2, "mindiff.models.autoencoder.Autoencoder": Autoencoder,
+              "mindiff.models.conv_adaln.ConvAdaLN": ConvAdaLN},
+    "schedule": {"mindiff.objectives.AlphaBlend": AlphaBlend, "mindiff.objectives.Reconstruction": Reconstruction},
+    "optim": {"mindiff.optim.Optimizer": Optimizer},
+}
+PLAIN = (str, int, float, bool, type(None))
+
+
+def _refused(source: Optional[str], why: str) -> Exception:
+    if source is None:  # the run's own composed config
+        return ConfigError(why)
+    return CheckpointError(f"{source} was refused: {why} (a checkpoint is data; it may only name mindiff's own "
+                           f"classes, with plain values)")
+
+
+def _check_plain(value, key: str, source: Optional[str], mappings: bool = True) -> None:
+    if isinstance(value, dict):
+        if not mappings:
+            raise _refused(source, f"{key} holds a mapping; a parameter takes numbers, strings, booleans, null or lists")
+        for k, v in value.items():
+            if not isinstance(k, str) or k.startswith("_"):
+                raise _refused(source, f"{key}.{k} is not allowed: keys such as _target_, _args_ and _partial_ "
+                                       f"name code to run")
+            _check_plain(v, f"{key}.{k}", source)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{key}[{i}]", source, mappings)
+    elif isinstance(value, str) and "${" in value:
+        raise _refused(source, f"{key}={value!r} is an interpolation; a stored config holds resolved values only")
+    elif not isinstance(value, PLAIN):
+        raise _refused(source, f"{key} holds a {type(value).__name__}")
+
+
+def check_node(node, group: str, source: Optional[str] = None, supplied: Sequence[str] = ()):
+    """(the class `node` names, its keyword arguments), after checking both against the allowlist."""
+    allowed = ALLOWED[group]
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise _refused(source, f"{group} must be a mapping with a _target_ (one of {', '.join(allowed)})")
+    target = node["_target_"]
+    if not isinstance(target, str) or target not in allowed:
+        raise _refused(source, f"{group}._target_={target!r} is not one of mindiff's own: {', '.join(allowed)}")
+    params = inspect.signature(allowed[target]).parameters
+    kwargs = {k: v for k, v in node.items() if k != "_target_"}
+    for k, v in kwargs.items():
+        if k not in params or k in supplied:
+            raise _refused(source, f"{group}.{k} is not a setting of {target}")
+        _check_plain(v, f"{group}.{k}", source, mappings=False)
+    return allowed[target], kwargs
+
+
+def check_config(config, source: Optional[str] = None) -> None:
+    """A whole run config (resolved, as plain containers), checked at every depth."""
+    if not isinstance(config, dict):
+        raise _refused(source, "its config is not a mapping")
+    for group in ALLOWED:
+        if group not in config:
+            raise _refused(source, f"its config has no {group}")
+    for key, node in config.items():
+        if not isinstance(key, str) or key.startswith("_"):
+            raise _refused(source, f"{key} is not allowed: keys such as _target_ and _args_ name code to run")
+        if key in ALLOWED:
+            check_node(node, key, source, supplied=("params", "total_steps") if key == "optim" else ())
+        else:
+            _check_plain(node, key, source)
+
+
+def build(node: dict, group: str, source: Optional[str] = None, *args, **supplied):
+    """The object a checked config node describes; `args`/`supplied`: what the caller provides."""
+    cls, kwargs = check_node(node, group, source, supplied=tuple(supplied))
+    return cls(*args, **kwargs, **supplied)
+
+
+def read_checkpoint(path, kind: Optional[str] = None) -> dict:
+    """A checkpoint whose config (and embedded autoencoder's config) passed the allowlist."""
+    state = load_checkpoint(path, kind)
+    check_config(state.get("config"), str(path))
+    autoencoder = state.get("autoencoder")
+    if autoencoder is not None:
+        if not isinstance(autoencoder, dict) or not isinstance(autoencoder.get("model"), dict):
+            raise _refused(str(path), "its embedded autoencoder is not {config, model}")
+        check_config(autoencoder.get("config"), f"{path} (its embedded autoencoder)")
+    return state
+
+
+def _load_weights(model: torch.nn.Module, weights: dict, source: str) -> torch.nn.Module:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+        raise CheckpointError(f"{source}: the weights do not fit the model its config builds: {detail}") from None
+    return model
+
+
+def load_autoencoder(path) -> dict:
+    """The frozen autoencoder of a latent run, as {"config", "model"} (what a denoiser's checkpoint embeds)."""
+    state = read_checkpoint(path, kind="autoencoder")
+    return {"config": state["config"], "model": state["model"]}
+
+
+def autoencoder_model(autoencoder: dict, source: str) -> Autoencoder:
+    """Rebuilt from the config saved with it, so its architecture is never repeated (and cannot disagree)."""
+    model = build(autoencoder["config"]["model"], "model", source)
+    if not isinstance(model, Autoencoder):
+        raise CheckpointError(f"{source}: its model is a {type(model).__name__}, not an autoencoder")
+    return _load_weights(model, autoencoder["model"], source)
+
+
+def latent_shape(autoencoder_ckpt: str, image_shape: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(autoencoder_model(load_autoencoder(autoencoder_ckpt), autoencoder_ckpt).latent_shape(image_shape))
+
+
+def objective_for(schedule: dict, autoencoder: Optional[dict] = None, source: Optional[str] = None):
+    """The run's objective; with an autoencoder, the same diffusion on its latents."""
+    built = build(schedule, "schedule", source)
+    if autoencoder is None:
+        return built
+    return InLatentSpace(built, autoencoder_model(autoencoder, source or "autoencoder.ckpt"))
+
+
+def from_checkpoint(state: dict, source, device="cpu") -> Tuple[torch.nn.Module, object, DictConfig]:
+    """(model with inference weights, objective, config) from a checkpoint that read_checkpoint passed."""
+    config = state["config"]
+    model = _load_weights(build(config["model"], "model", str(source)), state["model"], str(source))
+    objective = objective_for(config["schedule"], state.get("autoencoder"), f"{source} (its embedded autoencoder)")
+    return model.to(device).eval(), objective, OmegaConf.create(config)
+
+
+def plain(cfg: DictConfig) -> dict:
+    """A composed config as resolved plain containers, checked as a stored one would be."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_config(config)
+    return config
+
