@@ -86,8 +86,7 @@ def train_flops_per_image(cfg, device) -> float:
     """FLOPs of one forward+backward of the model per image, counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mindiff.build import build, plain
-    from mindiff.config import input_shape
+    from mindiff.build import build, input_shape, plain
     model = build(plain(cfg)["model"], "model").to(device)
     shape = input_shape(cfg.autoencoder.ckpt, cfg.dataset.channels, cfg.dataset.image_size)
     x, t, y = torch.randn(8, *shape, device=device), torch.rand(8, device=device), torch.zeros(8, dtype=torch.long,

@@ -10,7 +10,9 @@ object is built.
 """
 
 import inspect
-from typing import Optional, Sequence, Tuple
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -134,8 +136,25 @@ def autoencoder_model(autoencoder: dict, source: str) -> Autoencoder:
     return _load_weights(model, autoencoder["model"], source)
 
 
-def latent_shape(autoencoder_ckpt: str, image_shape: Sequence[int]) -> Tuple[int, ...]:
-    return tuple(autoencoder_model(load_autoencoder(autoencoder_ckpt), autoencoder_ckpt).latent_shape(image_shape))
+def input_shape(autoencoder_ckpt: Optional[str], channels: int, image_size: int) -> List[int]:
+    """The shape a denoiser sees: the image's, or the latent's when it trains on an autoencoder's latents
+    (read from that checkpoint's own config, so the user never repeats it). The YAML asks for it through
+    the `mindiff.input_shape` / `mindiff.input_channels` resolvers registered below."""
+    if not autoencoder_ckpt:
+        return [channels, image_size, image_size]
+    path = Path(autoencoder_ckpt)
+    mtime = path.stat().st_mtime_ns if path.is_file() else None  # a missing file fails with its message below
+    return list(_latent_shape(str(path), mtime, (channels, image_size, image_size)))
+
+
+@lru_cache(maxsize=8)
+def _latent_shape(path: str, mtime: Optional[int], image_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Cached per checkpoint version: the interpolation resolves several times per run."""
+    return tuple(autoencoder_model(load_autoencoder(path), path).latent_shape(image_shape))
+
+
+OmegaConf.register_new_resolver("mindiff.input_shape", input_shape, replace=True)
+OmegaConf.register_new_resolver("mindiff.input_channels", lambda *a: input_shape(*a)[0], replace=True)
 
 
 def objective_for(schedule: dict, autoencoder: Optional[dict] = None, source: Optional[str] = None):

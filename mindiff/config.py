@@ -7,9 +7,7 @@ Value ranges that a type cannot express are checked by `validate`.
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -174,29 +172,6 @@ def register_schemas() -> None:
             cs.store(group=group, name=name, node=node)
 
 
-def input_shape(autoencoder_ckpt: Optional[str], channels: int, image_size: int) -> List[int]:
-    """The shape a denoiser sees: the image's, or the latent's when it trains on an autoencoder's latents
-    (read from that checkpoint's own config, so the user never repeats it)."""
-    if not autoencoder_ckpt:
-        return [channels, image_size, image_size]
-    path = Path(autoencoder_ckpt)
-    mtime = path.stat().st_mtime_ns if path.is_file() else None  # a missing file fails with its message below
-    return list(_latent_shape(str(path), mtime, channels, image_size))
-
-
-@lru_cache(maxsize=8)
-def _latent_shape(path: str, mtime: Optional[int], channels: int, image_size: int) -> Tuple[int, ...]:
-    """Cached per checkpoint version: the interpolation resolves several times per run."""
-    from mindiff.build import latent_shape  # build needs the schemas' errors; this resolver needs build
-
-    return latent_shape(path, (channels, image_size, image_size))
-
-
-def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("mindiff.input_shape", input_shape, replace=True)
-    OmegaConf.register_new_resolver("mindiff.input_channels", lambda *a: input_shape(*a)[0], replace=True)
-
-
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 CHOICES = {
@@ -305,4 +280,3 @@ def validate(cfg: DictConfig) -> None:
 
 
 register_schemas()
-register_resolvers()

@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-import mindiff.config  # noqa: F401  (registers the schemas)
+import mindiff.build  # noqa: F401  (registers the schemas, and the resolvers the model YAMLs use)
 from mindiff.config import ConfigError, validate
 
 from conftest import CONF
