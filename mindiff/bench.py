@@ -25,6 +25,7 @@ import torch
 
 from mindiff.cli import run_command
 from mindiff.config import ConfigError
+from mindiff.files import save_text
 
 CASES = ("mnist", "ae", "ldm", "sample")
 WARMUP_STEPS = 10  # untimed: they pay one-off costs (compiling, kernel selection, optimizer state, workers)
@@ -233,7 +234,7 @@ def bench(args: BenchArgs) -> dict:
     result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "matmul_peak_gflop_s": peaks, "steps": args.steps, "rows": rows}
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
     return result
 
 

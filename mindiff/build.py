@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mindiff import data
 from mindiff.checkpoint import CheckpointError, load_checkpoint
 from mindiff.config import ConfigError
+from mindiff.errors import last_line
 from mindiff.models.autoencoder import Autoencoder
 from mindiff.models.conv_adaln import ConvAdaLN
 from mindiff.models.mlp2 import MLP2
@@ -117,8 +118,7 @@ def _load_weights(model: torch.nn.Module, weights: dict, source: str) -> torch.n
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
-        raise CheckpointError(f"{source}: the weights do not fit the model its config builds: {detail}") from None
+        raise CheckpointError(f"{source}: the weights do not fit the model its config builds: {last_line(e)}") from None
     return model
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from mindiff.errors import UserError
+from mindiff.errors import UserError, first_line
 from mindiff.files import atomic_write
 
 FORMAT = "mindiff-checkpoint-v1"
@@ -29,7 +29,7 @@ class CheckpointError(UserError, RuntimeError):
 def save_checkpoint(state: dict, path: Path) -> Path:
     """A kill at any moment leaves either the old file or the new one, never a torn one."""
     try:
-        return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f), durable=True)
+        return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     except (OSError, RuntimeError) as e:  # e.g. no space left on the device
         previous = "the previous checkpoint there is intact" if path.exists() else "nothing was saved"
         raise CheckpointError(f"could not write {path} ({e}); {previous}. Free some space and resume with "
@@ -46,9 +46,8 @@ def load_checkpoint(path, kind: Optional[str] = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path} was refused: it holds more than tensors and plain values, and loading it "
-                              f"could run code ({first_line})") from None
+                              f"could run code ({first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch file: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence, Type, TypeVar
 from omegaconf import OmegaConf
 
 from mindiff.config import ConfigError
-from mindiff.errors import UserError
+from mindiff.errors import UserError, first_line
 
 
 def user_error(e: BaseException) -> Optional[BaseException]:
@@ -41,7 +41,7 @@ def run_command(prog: str, schema: Type[T], command: Callable[[T], R], argv: Opt
     """A CLI's body: its key=value arguments parsed into `schema` and passed to `command`; a user error
     exits with one line and code 2. The usage shown is the first line of the module's `doc`."""
     with exit_on_user_error(prog):
-        return command(parse_args(schema, argv, doc.strip().splitlines()[0]))
+        return command(parse_args(schema, argv, first_line(doc)))
 
 
 def parse_args(schema: Type[T], argv: Optional[Sequence[str]], usage: str) -> T:
@@ -50,4 +50,4 @@ def parse_args(schema: Type[T], argv: Optional[Sequence[str]], usage: str) -> T:
         args = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(list(sys.argv[1:] if argv is None else argv)))
         return OmegaConf.to_object(args)
     except Exception as e:  # OmegaConf's messages name the key; keep them to one line
-        raise ConfigError(f"{str(e).splitlines()[0]} (usage: {usage})") from None
+        raise ConfigError(f"{first_line(e)} (usage: {usage})") from None

@@ -7,6 +7,7 @@ CSV. Writes PREFIX.png, PREFIX.md, PREFIX.csv (default: DIR/compare).
 """
 
 import csv
+import io
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mindiff.cli import run_command
 from mindiff.config import ConfigError
+from mindiff.files import atomic_write, save_text
 from mindiff.sweep import RunRecord, common_overrides, find_runs, summary_table
 
 HEADER_FONT_SIZE = 14
@@ -84,19 +86,21 @@ def compare(args: CompareArgs) -> dict:
             grid = pick_grid(run, epoch)
             label = heading if epoch is None else (f"epoch {epoch}" if len(runs) == 1 else f"{heading} @ {epoch}")
             columns.append((label, Image.open(grid) if grid else None))
-    side_by_side(columns).save(prefix.with_suffix(".png"))
+    image = side_by_side(columns)
+    atomic_write(prefix.with_suffix(".png"), lambda f: image.save(f, format="PNG"))
 
     rows = summary_table(runs)
     keys = list(rows[0])
-    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    save_text(csv_text.getvalue(), prefix.with_suffix(".csv"))
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     table += ["| " + " | ".join(fmt(row[k]) for k in keys) + " |" for row in rows]
     if common:
         table.append(f"\nShared by all runs: `{' '.join(sorted(common))}`")
-    prefix.with_suffix(".md").write_text("\n".join(table) + "\n")
+    save_text("\n".join(table) + "\n", prefix.with_suffix(".md"))
     return {"image": prefix.with_suffix(".png"), "table": "\n".join(table), "runs": runs}
 
 

@@ -2,6 +2,9 @@
 
 The whole split lives on the training device; a batch is an index slice of a per-epoch
 permutation, normalised to [-1, 1] on the device. No per-sample transforms, no DataLoader.
+
+torchvision's readers are imported where a dataset is read: importing torchvision pulls in
+torch._dynamo (seconds), which a run on generated data, or a CLI that stops at a bad value, need not pay.
 """
 
 import gzip
@@ -14,8 +17,6 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-import torchvision
-import torchvision.transforms.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
@@ -116,22 +117,25 @@ def _torchvision_mnist_like(cls, name: str, root: str, download: bool, channels:
 
 def mnist(root: str, download: bool, channels: int = 1, image_size: int = 28, num_classes: int = 10,
           hflip: bool = False) -> Dataset:
-    return _torchvision_mnist_like(torchvision.datasets.MNIST, "MNIST", root, download, channels, image_size,
+    from torchvision.datasets import MNIST
+    return _torchvision_mnist_like(MNIST, "MNIST", root, download, channels, image_size,
                                    num_classes, hflip)
 
 
 def fashion_mnist(root: str, download: bool, channels: int = 1, image_size: int = 28, num_classes: int = 10,
                   hflip: bool = False) -> Dataset:
-    return _torchvision_mnist_like(torchvision.datasets.FashionMNIST, "Fashion-MNIST", root, download, channels,
+    from torchvision.datasets import FashionMNIST
+    return _torchvision_mnist_like(FashionMNIST, "Fashion-MNIST", root, download, channels,
                                    image_size, num_classes, hflip)
 
 
 def cifar10(root: str, download: bool, channels: int = 3, image_size: int = 32, num_classes: int = 10,
             hflip: bool = False) -> Dataset:
+    from torchvision.datasets import CIFAR10
     splits = []
     for train in (True, False):
         try:
-            ds = torchvision.datasets.CIFAR10(root=root, train=train, download=download)
+            ds = CIFAR10(root=root, train=train, download=download)
         except RuntimeError as e:
             raise DatasetError(
                 f"CIFAR-10 not found under {Path(root).resolve() / 'cifar-10-batches-py'} ({one_line(e)}). Set dataset.root "
@@ -145,8 +149,10 @@ def cifar10(root: str, download: bool, channels: int = 3, image_size: int = 32, 
 
 def _decode_folder(folder: Path, size: int, channels: int, cache_dir: Path) -> Tuple[ImageSet, list]:
     """Decode an ImageFolder once into a uint8 tensor, cached under a key of the folder's contents."""
+    import torchvision.transforms.functional as TF
+    from torchvision.datasets import ImageFolder
     try:
-        ds = torchvision.datasets.ImageFolder(str(folder))
+        ds = ImageFolder(str(folder))
     except (FileNotFoundError, OSError) as e:
         raise DatasetError(f"no image folder at {folder} ({e}); dataset.root must hold one sub-folder per class") from None
     listing = "\n".join(f"{os.path.relpath(p, folder)}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}"

@@ -3,7 +3,7 @@ line and exit with code 2; anything else is a bug and keeps its traceback."""
 
 import logging
 from contextlib import contextmanager
-from typing import Optional, Set
+from typing import List, Optional, Set
 
 log = logging.getLogger("mindiff")
 
@@ -12,9 +12,24 @@ class UserError(Exception):
     """Base of every error a user can act on; the message names the key, file or folder and what to do."""
 
 
+def lines(text) -> List[str]:
+    """The non-empty lines of a message, stripped (library errors often span several)."""
+    return [line.strip() for line in str(text).splitlines() if line.strip()]
+
+
 def one_line(text) -> str:
-    """A message folded onto one line (library errors often span several)."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    """A message folded onto one line."""
+    return " ".join(lines(text))
+
+
+def first_line(text) -> str:
+    """What a message says first (the rest is often a traceback or a long listing)."""
+    return (lines(text) or [""])[0]
+
+
+def last_line(text) -> str:
+    """What a message says last (torch's load_state_dict ends with the mismatch that matters)."""
+    return (lines(text) or [""])[-1]
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from mindiff.build import build, from_checkpoint, read_checkpoint
 from mindiff.cli import run_command
 from mindiff.config import PRECISIONS, ConfigError, check_choice
-from mindiff.files import check_writable_dir, check_writable_file
+from mindiff.files import check_writable_dir, check_writable_file, save_text
 from mindiff.metrics import Evaluator
 from mindiff.runtime import autocast, pick_device
 
@@ -62,7 +62,7 @@ def evaluate(args: EvaluateArgs) -> dict:
     with autocast(device, args.precision):
         scores = objective.evaluate(model, data, evaluator, args.n, args.seed)
     result = {"ckpt": str(args.ckpt), "kind": state.get("kind"), "epoch": state["epoch"], "n": args.n, **scores}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_text(json.dumps(result, indent=2) + "\n", out)
     return {"metrics": result, "out": out}
 
 

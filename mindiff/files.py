@@ -15,23 +15,26 @@ class UnwritablePath(UserError):
     """A path that cannot be written; the message names it and the setting that chose it."""
 
 
-def atomic_write(path: Path, write: Callable[[object], None], durable: bool = False) -> Path:
-    """`write(f)` into a temp file beside `path`, then rename it into place: a reader (or a kill at any
-    moment) sees the old file or the new one, never a torn one. Each process has its own temp file, so
-    parallel sweep jobs writing one cache file do not clash. `durable`: fsync before the rename."""
+def atomic_write(path: Path, write: Callable[[object], None]) -> Path:
+    """`write(f)` into a temp file beside `path`, fsync it, then rename it into place: a reader (or a kill
+    or power loss at any moment) sees the old file or the new one, never a torn one. Each process has its
+    own temp file, so parallel sweep jobs writing one cache file do not clash."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_text(text: str, path: Path) -> Path:
+    return atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def save_cache(obj, path: Path) -> None:

@@ -5,15 +5,27 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from mindiff.files import atomic_write
 
 
 def save_grid(images_uint8: torch.Tensor, path: Path, nrow: int) -> Path:
-    """Write N x C x H x W uint8 images as one PNG grid, `nrow` images per row."""
-    grid = make_grid(images_uint8.cpu(), nrow=nrow, padding=2, pad_value=0)
-    return atomic_write(path, lambda f: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG"))
+    """Write N x C x H x W uint8 images as one PNG grid, `nrow` images per row, 2 black pixels apart."""
+    return atomic_write(path, lambda f: Image.fromarray(grid(images_uint8.cpu(), nrow).numpy()).save(f, format="PNG"))
+
+
+def grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
+    """N x C x H x W -> one H' x W' (x 3 for colour) image, rows of `nrow`, the last row padded with black
+    (the layout of torchvision's make_grid, without importing torchvision for it)."""
+    n, c, h, w = images.shape
+    nrow = min(nrow, n)
+    rows = -(-n // nrow)
+    cells = images.new_zeros(rows * nrow, c, h + padding, w + padding)
+    cells[:n, :, padding:, padding:] = images
+    out = cells.view(rows, nrow, c, h + padding, w + padding).permute(0, 3, 1, 4, 2)
+    out = out.reshape(rows * (h + padding), nrow * (w + padding), c)
+    out = torch.nn.functional.pad(out.permute(2, 0, 1), (0, padding, 0, padding)).permute(1, 2, 0)
+    return (out.expand(*out.shape[:2], 3) if c == 1 else out).contiguous()
 
 
 def save_gif(frames: Sequence[Path], path: Path, seconds_per_frame: float = 0.4) -> Path:

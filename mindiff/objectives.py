@@ -12,12 +12,24 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
 from mindiff.data import Dataset, PixelBatches, to_uint8, to_unit_range
 
 Terms = Dict[str, torch.Tensor]
+
+
+def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of images in [-1, 1] (torchmetrics). Imported on first use: torchmetrics pulls in
+    torchvision and torch._dynamo, seconds that a run without an SSIM term need not pay."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    return structural_similarity_index_measure(images, reference, data_range=2.0)
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of images in [-1, 1] (torchmetrics, imported on first use like `ssim`)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+    return peak_signal_noise_ratio(images, reference, data_range=2.0)
 
 
 def grid_labels(grid: int, num_classes: int) -> torch.Tensor:
@@ -66,7 +78,7 @@ class AlphaBlend:
         if "x0" in self.loss_terms:  # the x0 implied by v: x_t + t·v
             terms["x0"] = F.mse_loss(x_t + tb * v, x0)
         if "ssim" in self.loss_terms:  # structure of the implied x0, not only its pixels
-            terms["ssim"] = 1 - structural_similarity_index_measure(x_t + tb * v, x0, data_range=2.0)
+            terms["ssim"] = 1 - ssim(x_t + tb * v, x0)
         return sum(terms.values()), {k: t.detach() for k, t in terms.items()}
 
     @torch.no_grad()
@@ -166,7 +178,7 @@ class Reconstruction:
         recon = model(x).float()
         terms = {"mse": F.mse_loss(recon, x)}
         if self.ssim_weight:
-            terms["ssim"] = self.ssim_weight * (1 - structural_similarity_index_measure(recon, x, data_range=2.0))
+            terms["ssim"] = self.ssim_weight * (1 - ssim(recon, x))
         return sum(terms.values()), {k: t.detach() for k, t in terms.items()}
 
     def preview_bank(self, data: Dataset, grid: int, generator: torch.Generator, device) -> dict:
@@ -186,14 +198,14 @@ class Reconstruction:
         distance of the reconstructions."""
         device = next(model.parameters()).device
         images = data.test.images[: max(self.eval_images, n if evaluator else 0)]
-        psnr, ssim, recons = [], [], []
+        psnr_sum, ssim_sum, recons = 0.0, 0.0, []
         for i in range(0, len(images), batch_size):
             x = to_unit_range(images[i:i + batch_size].to(device))
             recon = model(x).float().clamp(-1, 1)
-            psnr.append(peak_signal_noise_ratio(recon, x, data_range=2.0) * len(x))
-            ssim.append(structural_similarity_index_measure(recon, x, data_range=2.0) * len(x))
+            psnr_sum += psnr(recon, x) * len(x)
+            ssim_sum += ssim(recon, x) * len(x)
             recons.append(to_uint8(recon).cpu())
-        scores = {"psnr": (sum(psnr) / len(images)).item(), "ssim": (sum(ssim) / len(images)).item()}
+        scores = {"psnr": (psnr_sum / len(images)).item(), "ssim": (ssim_sum / len(images)).item()}
         if evaluator is not None:
             scores.update(evaluator(torch.cat(recons)[:n]))
         return scores

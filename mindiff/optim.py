@@ -6,6 +6,7 @@ puts `y` back bit-exactly, so a run that samples or saves often trains exactly l
 does not (and a resumed run like an uninterrupted one).
 """
 
+import functools
 import math
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional, Sequence
@@ -15,7 +16,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 
-@torch.compile(fullgraph=True, dynamic=True)
 def schedule_free_update(y, grad, exp_avg_sq, z, lr, ckp1, beta1, beta2, bias_correction2, eps, weight_decay):
     """One tensor's schedule-free AdamW update, the same arithmetic as `schedulefree.AdamWScheduleFree`'s
     foreach path, compiled into one kernel: one pass over y, grad, exp_avg_sq and z instead of ten."""
@@ -26,6 +26,13 @@ def schedule_free_update(y, grad, exp_avg_sq, z, lr, ckp1, beta1, beta2, bias_co
     z.sub_(grad * lr)
 
 
+@functools.cache
+def compiled_update():
+    """`schedule_free_update` compiled on first use: merely importing torch.compile's machinery costs
+    seconds, which a run without optim.fused need not pay."""
+    return torch.compile(schedule_free_update, fullgraph=True, dynamic=True)
+
+
 class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
     """`schedulefree.AdamWScheduleFree` (same state, checkpoints, train()/eval()) whose step runs
     `schedule_free_update`. The per-step scalars follow the library's `step` line by line."""
@@ -34,6 +41,7 @@ class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("optim.fused=true takes no closure")
+        update = compiled_update()
         for group in self.param_groups:
             if not group["train_mode"]:
                 raise RuntimeError("the optimizer is in eval mode; call .train() before step()")
@@ -59,7 +67,7 @@ class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
                 tensors = (p, p.grad, state["exp_avg_sq"], state["z"])
                 if all(t.is_contiguous() for t in tensors):  # one compiled kernel serves every parameter shape
                     tensors = tuple(t.view(-1) for t in tensors)
-                schedule_free_update(*tensors, *scalars)
+                update(*tensors, *scalars)
             group["k"] = k + 1
         return None
 

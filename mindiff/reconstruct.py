@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mindiff.build import from_checkpoint, read_checkpoint
 from mindiff.cli import run_command
 from mindiff.config import ConfigError
 from mindiff.data import to_uint8, to_unit_range
+from mindiff.objectives import psnr
 from mindiff.files import check_writable_file
 from mindiff.images import save_grid
 from mindiff.runtime import pick_device
@@ -51,8 +51,7 @@ def reconstruct(args: ReconstructArgs) -> dict:
         latent = model.encode(x)
         recon = model.decode(latent).float().clamp(-1, 1)
     out = save_grid(to_uint8(torch.cat([x, recon])), out, nrow=2)
-    psnr = peak_signal_noise_ratio(recon, x, data_range=2.0).item()
-    return {"out": out, "latent_shape": tuple(latent.shape[1:]), "psnr": psnr}
+    return {"out": out, "latent_shape": tuple(latent.shape[1:]), "psnr": psnr(recon, x).item()}
 
 
 def main(argv=None) -> None:

@@ -11,6 +11,8 @@ from typing import List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from mindiff.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ def read_run(run_dir: Path) -> RunRecord:
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     metrics_file, failed = run_dir / "metrics.json", run_dir / "FAILED"
     if failed.is_file():
-        return RunRecord(run_dir, overrides, "failed", failed.read_text().splitlines()[0])
+        return RunRecord(run_dir, overrides, "failed", first_line(failed.read_text()))
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         return RunRecord(run_dir, overrides, metrics.pop("status", "finished"), metrics=metrics)

@@ -65,7 +65,7 @@ class Tracker:
         except Exception as e:  # network or credentials trouble must not stop training
             if self.mode != "online":
                 raise
-            why = f"W&B could not be reached: {str(e).splitlines()[0][:200]}"
+            why = f"W&B could not be reached: {errors.first_line(e)[:200]}"
             self.mode = "offline"
             self.run = wandb.init(mode="offline", **kwargs)
         if self.mode == "offline":

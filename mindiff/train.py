@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import mindiff.config  # noqa: F401  (registers the schemas)
+from mindiff import errors
 from mindiff.cli import exit_on_user_error, user_error
 from mindiff.distributed import Dist, from_environment
 from mindiff.files import check_run_dir_free, check_writable_dir
@@ -28,9 +29,9 @@ log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def one_line(e: BaseException) -> str:
+def composition_error(e: BaseException) -> str:
     """Hydra's composition errors span lines (and name the available options); fold them into one."""
-    lines = [ln.strip() for part in (e, e.__cause__) if part is not None for ln in str(part).splitlines() if ln.strip()]
+    lines = [ln for part in (e, e.__cause__) if part is not None for ln in errors.lines(part)]
     if "Available options" in " ".join(lines):
         at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
         end = next((i for i, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))
@@ -67,7 +68,7 @@ def preflight(argv) -> None:
             out_key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
             out_dir = Path(OmegaConf.select(cfg, out_key))
     except Exception as e:
-        print(f"mindiff.train: error: {one_line(e)}", file=sys.stderr)
+        print(f"mindiff.train: error: {composition_error(e)}", file=sys.stderr)
         sys.exit(2)
     with exit_on_user_error("mindiff.train"):
         check_writable_dir(out_dir, out_key, create=False)  # Hydra would fail there with a traceback
@@ -112,7 +113,7 @@ def main(cfg: DictConfig) -> float:
         failed.unlink(missing_ok=True)
         return metrics.get(cfg.eval.objective, math.nan)
     except Exception as e:  # one failed run must not stop or lose the others
-        reason = str(user_error(e) or f"{type(e).__name__}: {e}").strip().splitlines()[0]
+        reason = errors.first_line(user_error(e) or f"{type(e).__name__}: {e}")
         log.error("run %s failed: %s", info.name, reason)
         info.run_dir.mkdir(parents=True, exist_ok=True)
         failed.write_text(reason + "\n\n" + traceback.format_exc())
