@@ -1,12 +1,13 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
 Each YAML option in `conf/<group>/<name>.yaml` extends its schema (`defaults: [<name>_schema]`),
-so a wrong type fails at composition with the key's name, before any work starts.
-Value ranges that a type cannot express are checked by `validate`.
+so a wrong type fails at composition with the key's name, before any work starts. The schemas hold
+types only: every value, `_target_` included, has one home, the YAML option that sets it.
+Value ranges that a type cannot express, and keys left `???`, are checked by `validate`.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -15,142 +16,37 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from mindiff.errors import UserError
 
 
-# ---- dataset ---------------------------------------------------------------------------------
-@dataclass
-class DatasetConfig:
-    _target_: str = MISSING
-    channels: int = MISSING
-    image_size: int = MISSING
-    num_classes: int = MISSING
-    hflip: bool = False
+def schema(name: str, *bases: type, **types: Any) -> type:
+    """A dataclass of types only: every field MISSING, so its one value lives in the YAML option(s) that extend it."""
+    return make_dataclass(name, [(key, t, field(default=MISSING)) for key, t in types.items()], bases=bases)
 
 
-@dataclass
-class TorchvisionDatasetConfig(DatasetConfig):
-    root: str = "data"
-    download: bool = True
+DatasetConfig = schema("DatasetConfig", _target_=str, channels=int, image_size=int, num_classes=int, hflip=bool)
+TorchvisionDatasetConfig = schema("TorchvisionDatasetConfig", DatasetConfig, root=str, download=bool)
+ImageFolderConfig = schema("ImageFolderConfig", DatasetConfig, root=str, test_root=Optional[str], test_fraction=float,
+                           resolution=int, cache_dir=str, seed=int)
+TinyDatasetConfig = schema("TinyDatasetConfig", DatasetConfig, train_size=int, test_size=int, seed=int)
 
+MLP2Config = schema("MLP2Config", _target_=str, image_shape=List[int], hidden_dim=int, class_embed_dim=int,
+                    classes=Optional[int])
+AutoencoderConfig = schema("AutoencoderConfig", _target_=str, in_channels=int, hidden=List[int], latent_channels=int,
+                           groups=int)
+ConvAdaLNConfig = schema("ConvAdaLNConfig", _target_=str, in_channels=int, hidden=int, blocks=int, class_embed_dim=int,
+                         classes=Optional[int], groups=int)
 
-@dataclass
-class ImageFolderConfig(DatasetConfig):
-    root: str = MISSING
-    test_root: Optional[str] = None
-    test_fraction: float = 0.1
-    resolution: int = 32
-    cache_dir: str = "~/.cache/mindiff"
-    seed: int = 0
+AlphaBlendConfig = schema("AlphaBlendConfig", _target_=str, t_sampling=str, loss_terms=List[str], sample_steps=int)
+ReconstructionConfig = schema("ReconstructionConfig", _target_=str, ssim_weight=float, eval_images=int)
 
-
-@dataclass
-class TinyDatasetConfig(DatasetConfig):
-    train_size: int = 512
-    test_size: int = 128
-    seed: int = 0
-
-
-# ---- model -----------------------------------------------------------------------------------
-@dataclass
-class MLP2Config:
-    _target_: str = "mindiff.models.mlp2.MLP2"
-    image_shape: List[int] = MISSING
-    hidden_dim: int = 4096
-    class_embed_dim: int = 239
-    classes: Optional[int] = None
-
-
-@dataclass
-class AutoencoderConfig:
-    _target_: str = "mindiff.models.autoencoder.Autoencoder"
-    in_channels: int = 3
-    hidden: List[int] = field(default_factory=lambda: [32, 64, 128])
-    latent_channels: int = 8
-    groups: int = 8
-
-
-@dataclass
-class ConvAdaLNConfig:
-    _target_: str = "mindiff.models.conv_adaln.ConvAdaLN"
-    in_channels: int = MISSING
-    hidden: int = 256
-    blocks: int = 8
-    class_embed_dim: int = 256
-    classes: Optional[int] = None
-    groups: int = 32
-
-
-# ---- schedule (what is learned and how it is sampled) ----------------------------------------
-@dataclass
-class AlphaBlendConfig:
-    _target_: str = "mindiff.objectives.AlphaBlend"
-    t_sampling: str = "uniform"  # uniform | logit_normal
-    loss_terms: List[str] = field(default_factory=lambda: ["target", "eps", "x0"])
-    sample_steps: int = 32
-
-
-@dataclass
-class ReconstructionConfig:
-    _target_: str = "mindiff.objectives.Reconstruction"
-    ssim_weight: float = 1.0
-    eval_images: int = 2000
-
-
-# ---- optim -----------------------------------------------------------------------------------
-@dataclass
-class OptimConfig:
-    _target_: str = "mindiff.optim.Optimizer"
-    algorithm: str = MISSING  # schedulefree_adamw | adamw
-    lr: float = 2e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    decay: str = "none"  # none | cosine
-    min_lr: float = 0.0
-    fused: bool = False
-
-
-# ---- trainer ---------------------------------------------------------------------------------
-@dataclass
-class TrainerConfig:
-    epochs: int = 100
-    batch_size: int = 512
-    max_steps: Optional[int] = None
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    sample_every: int = 1
-    sample_epochs: List[int] = field(default_factory=list)
-    sample_grid: int = 16  # the grid is sample_grid x sample_grid images
-    sample_seed: int = 0  # noise bank for grids: the same for every epoch and every run
-    ckpt_every: int = 10
-    keep_last: Optional[int] = None  # epoch snapshots to keep (plus sample_epochs'); null: all
-    log_every: int = 10  # steps between host syncs for the loss log
-    resume: Optional[str] = None  # null | auto | PATH
-
-
-# ---- eval ------------------------------------------------------------------------------------
-@dataclass
-class EvalConfig:
-    every: Optional[int] = 1  # epochs between evaluations; null: never
-    n: int = 1000
-    seed: int = 0
-    classifier_epochs: int = 3
-    fid: bool = False
-    inception_weights: Optional[str] = None  # PATH | download | null (torch hub cache)
-    cache_dir: str = "~/.cache/mindiff"
-    objective: str = "final_loss"  # the metric train() returns, e.g. for Optuna: final_loss | eval/fld | ...
-
-
-# ---- logger ----------------------------------------------------------------------------------
-@dataclass
-class LoggerConfig:
-    mode: str = "auto"  # auto | online | offline | disabled
-    project: str = "mindiff"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    log_checkpoints: bool = False
+OptimConfig = schema("OptimConfig", _target_=str, algorithm=str, lr=float, betas=List[float], weight_decay=float,
+                     warmup_steps=int, decay=str, min_lr=float, fused=bool)
+TrainerConfig = schema("TrainerConfig", epochs=int, batch_size=int, max_steps=Optional[int], device=str, precision=str,
+                       channels_last=bool, compile=bool, seed=int, sample_every=int, sample_epochs=List[int],
+                       sample_grid=int, sample_seed=int, ckpt_every=int, keep_last=Optional[int], log_every=int,
+                       resume=Optional[str])
+EvalConfig = schema("EvalConfig", every=Optional[int], n=int, seed=int, classifier_epochs=int, fid=bool,
+                    inception_weights=Optional[str], cache_dir=str, objective=str)
+LoggerConfig = schema("LoggerConfig", mode=str, project=str, entity=Optional[str], group=Optional[str], tags=List[str],
+                      log_checkpoints=bool)
 
 
 SCHEMAS = {
@@ -226,16 +122,26 @@ def check_device(requested: str, key: str = "trainer.device") -> None:
             raise ConfigError(f"{key}=cuda but no CUDA device is visible; use {key}=auto or {key}=cpu")
 
 
-def _check_finite(node, key: str = "") -> None:
-    """nan and inf pass every range check (nan <= 0 is False), so every float is checked for them."""
+def _leaves(node, key: str = ""):
+    """(dotted key, value) of every leaf of a plain container."""
     if isinstance(node, dict):
         for k, v in node.items():
-            _check_finite(v, f"{key}.{k}" if key else str(k))
+            yield from _leaves(v, f"{key}.{k}" if key else str(k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            _check_finite(v, f"{key}[{i}]")
-    elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{key}={node} must be a finite number")
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, node
+
+
+def _check_leaves(cfg: DictConfig) -> None:
+    """nan and inf pass every range check (nan <= 0 is False), so every float is checked for them; a key
+    left ??? (no YAML gave it a value) is named here rather than read as the text '???'."""
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
+        if value == MISSING and not key.startswith("hydra."):
+            raise ConfigError(f"{key} has no value; set it, e.g. {key}=...")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -244,7 +150,7 @@ def validate(cfg: DictConfig) -> None:
     def get(group: str, key: str) -> Any:
         return cfg.get(group, {}).get(key) if group in cfg else None
 
-    _check_finite(OmegaConf.to_container(cfg, resolve=False))
+    _check_leaves(cfg)
     for (group, key), allowed in CHOICES.items():
         value = get(group, key)
         if value is not None:

@@ -1,16 +1,20 @@
 """Every config group option composes; the schemas and `validate` reject bad values by name."""
 
+import dataclasses
+
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 import mindiff.build  # noqa: F401  (registers the schemas, and the resolvers the model YAMLs use)
-from mindiff.config import ConfigError, validate
+from mindiff.config import SCHEMAS, ConfigError, validate
 
 from conftest import CONF
 
-GROUPS = ["dataset", "model", "schedule", "optim", "trainer", "logger", "experiment"]
+GROUPS = ["dataset", "model", "schedule", "optim", "trainer", "eval", "logger", "experiment"]
+REQUIRED = {"image_folder": {"dataset.root"}}  # keys an option leaves ??? on purpose: the user must set them
 
 
 def options(group):
@@ -26,6 +30,11 @@ def compose_cfg(*overrides):
 def test_every_option_composes_and_resolves(group, option):
     cfg = compose_cfg(f"{group}={option}")
     OmegaConf.resolve(cfg)
+    assert set(OmegaConf.missing_keys(cfg)) == REQUIRED.get(option, set()), "a key no YAML sets"
+    for key in REQUIRED.get(option, ()):
+        with pytest.raises(ConfigError, match=f"{key} has no value"):
+            validate(cfg)
+        OmegaConf.update(cfg, key, "somewhere")
     validate(cfg)
     if group != "experiment":
         assert OmegaConf.select(cfg, group) is not None
@@ -47,6 +56,7 @@ def test_defaults_are_the_reference_toy():
     ("schedule.sample_steps=many", "sample_steps"),
     ("dataset.download=maybe", "download"),
     ("logger.tags=3", "tags"),
+    ("trainer.epochs=null", "epochs"),
 ])
 def test_schema_rejects_wrong_types_naming_the_key(override, key):
     with pytest.raises(ConfigCompositionException) as e:
@@ -74,3 +84,28 @@ def test_validate_rejects_impossible_values(override, message):
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("name,schema", [(n, s) for nodes in SCHEMAS.values() for n, s in nodes.items()])
+def test_schemas_hold_types_only(name, schema):
+    """One home per default: a value stated in a schema too could disagree with the YAML's (and never take effect)."""
+    for f in dataclasses.fields(schema):
+        assert f.default is MISSING and f.default_factory is dataclasses.MISSING, \
+            f"{name}.{f.name} has a default in mindiff/config.py; its value belongs in the YAML option(s) only"
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in SCHEMAS for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_option_sets_every_key_of_its_schema(group, option):
+    """Each option's YAML is complete: a user finds every knob's value by reading that one file."""
+    spec = yaml.safe_load((CONF / group / f"{option}.yaml").read_text())
+    schemas = [d for d in spec.get("defaults", []) if isinstance(d, str) and d in SCHEMAS[group]]
+    assert len(schemas) == 1, f"conf/{group}/{option}.yaml extends none (or several) of {', '.join(SCHEMAS[group])}"
+    unset = [f.name for f in dataclasses.fields(SCHEMAS[group][schemas[0]]) if f.name not in spec]
+    assert not unset, f"conf/{group}/{option}.yaml does not set {', '.join(f'{group}.{k}' for k in unset)}"
+
+
+@pytest.mark.parametrize("key", ["trainer.max_steps", "trainer.keep_last", "trainer.resume", "eval.every",
+                                 "eval.inception_weights", "logger.entity", "logger.group", "model.classes"])
+def test_optional_keys_accept_null(key):
+    assert OmegaConf.select(compose_cfg(f"{key}=null"), key) is None
+    assert compose_cfg("dataset=image_folder", "dataset.root=somewhere").dataset.test_root is None
