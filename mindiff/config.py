@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mindiff.errors import UserError
+from mindiff.errors import UserError, first_line
 
 
 def schema(name: str, *bases: type, **types: Any) -> type:
@@ -104,7 +104,7 @@ def missing_cpp_compiler() -> Optional[str]:
     try:
         get_cpp_compiler()
     except Exception as e:
-        return str(e).splitlines()[0]
+        return first_line(e)
     return None
 
 
