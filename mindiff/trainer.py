@@ -6,11 +6,10 @@ import itertools
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Container, List, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -27,6 +26,7 @@ from mindiff.images import save_gif, save_grid
 from mindiff.metrics import Evaluator
 from mindiff.resume import check_position, check_same_run
 from mindiff.runtime import autocast, pick_device, rng_state, set_rng_state
+from mindiff.signals import StopSignal
 from mindiff.tracking import Tracker, choose_mode
 
 log = logging.getLogger(__name__)
@@ -47,38 +47,12 @@ class NonFiniteLoss(FloatingPointError):
 
 
 def checkpoint_to_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
-    if resume == "auto":
-        found = latest_checkpoint(run_dir)
-        if found is None:
-            log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", run_dir / "checkpoints")
-        return found
-    return Path(resume) if resume else None
-
-
-class StopSignal:
-    """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to stop after the current step; the run
-    then saves a checkpoint, closes its W&B run and exits non-zero."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self.previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[sig] = signal.signal(sig, self.request)
-            except ValueError:  # not the main thread: leave signals to whoever owns them
-                pass
-        return self
-
-    def request(self, signum, frame) -> None:
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    if resume != "auto":
+        return Path(resume) if resume else None
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", run_dir / "checkpoints")
+    return found
 
 
 def prune_snapshots(ckpt_dir: Path, keep_last: Optional[int], keep_epochs) -> None:
@@ -107,10 +81,6 @@ class Throughput:
         return (steps - done) * self.batch_size / (time.perf_counter() - since)
 
 
-def write_metrics(run_dir: Path, metrics: dict) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-
 def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """This process alone trains in `run_dir` (a second gets one line, exit code 2); temp files that a
     killed write left in it are removed; the evaluation cache, written after the first epoch, is checked
@@ -120,6 +90,227 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         stale.unlink()
     if cfg.eval.every:
         check_writable_dir(cfg.eval.cache_dir, "eval.cache_dir (or $MINDIFF_CACHE)")
+
+
+def side_effect_free(device: torch.device):
+    """Grids and evaluations must not draw from the training RNG: a run that evaluates (or is
+    stopped and resumed) trains exactly like one that does not."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+@dataclass(frozen=True)
+class EpochActions:
+    epoch: int  # epochs completed
+    tag: str  # names the grid and the snapshot: epoch_0003 after a whole epoch, step_000042 after part of one
+    snapshot: bool  # keep checkpoints/{tag}.pt beside last.pt
+    samples: bool
+    evaluate: bool
+    run_ends: bool
+
+
+def epoch_actions(epoch: int, step: int, steps_per_epoch: int, *, epochs: int, sample_every: int,
+                  sample_epochs: Container[int], ckpt_every: int, eval_every: Optional[int], stopped: bool = False,
+                  signalled: bool = False) -> EpochActions:
+    """What the end of a pass over the data does. The pass began in `epoch` (0-based) and ended at `step`:
+    at the end of that epoch, or before it if `stopped` by max_steps or, `signalled`, by a signal.
+    The run ends at its last epoch or at max_steps, with a grid and an evaluation; a signal ends the
+    process, not the run: a resume continues it."""
+    done = step == (epoch + 1) * steps_per_epoch
+    epoch += int(done)
+    asked_for = done and epoch in sample_epochs
+    run_ends = epoch == epochs or (stopped and not signalled)
+    return EpochActions(epoch=epoch, tag=f"epoch_{epoch:04d}" if done else f"step_{step:06d}",
+                        snapshot=asked_for or (done and epoch % ckpt_every == 0),
+                        samples=run_ends or asked_for or (done and epoch % sample_every == 0),
+                        evaluate=bool(eval_every) and (run_ends or (done and epoch % eval_every == 0)),
+                        run_ends=run_ends)
+
+
+class Run:
+    """One training run: what it trains with, built once from the resolved config, and where it stands
+    (epoch, step, metrics). Every rank trains; rank 0 alone writes checkpoints, grids and evaluations."""
+
+    def __init__(self, cfg: DictConfig, info: RunInfo, resolved: dict, device: torch.device, wandb_mode: str,
+                 state: Optional[dict] = None, ckpt_path: Optional[Path] = None):
+        self.cfg, self.tc, self.ec, self.info, self.d = cfg, cfg.trainer, cfg.eval, info, info.dist
+        self.resolved, self.device, tc = resolved, device, cfg.trainer
+        torch.manual_seed(tc.seed)
+        self.autoencoder = load_autoencoder(cfg.autoencoder.ckpt) if cfg.autoencoder.ckpt else None
+        self.objective = objective_for(resolved["schedule"], self.autoencoder)
+        self.data = build(resolved["dataset"], "dataset")
+        n_train = len(self.data.train)
+        if n_train < tc.batch_size:
+            raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset ({n_train} images); "
+                               f"lower it")
+        if state is not None and state.get("train_images", n_train) != n_train:
+            raise DatasetError(f"resuming {ckpt_path}: the run trained on {state['train_images']} images, but the "
+                               f"dataset now has {n_train}; point dataset.root at the data it started with")
+        model = self.model = build(resolved["model"], "model").to(device)
+        if tc.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
+        if self.d.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.amp = autocast(device, tc.precision)
+        with self.amp:  # latents of a frozen autoencoder are encoded once, in the run's precision
+            self.inputs = self.objective.inputs(self.data, device)
+        self.steps_per_epoch = len(self.inputs) // tc.batch_size
+        self.shard = self.d.shard(tc.batch_size)  # this process's slice of every global batch
+        self.optimizer = build(resolved["optim"], "optim", None, model.parameters(),
+                               total_steps=self.steps_per_epoch * tc.epochs)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.epoch, self.step, self.metrics, self.evaluator = 0, 0, {}, None
+        if state is not None:
+            self.resume(state, ckpt_path)
+        lc = cfg.logger
+        self.tracker = Tracker(wandb_mode if self.d.main else "disabled", info.run_dir, resolved, info.name,
+                               lc.group or info.group, lc.project, lc.entity, [*lc.tags, *info.tags],
+                               run_id=state["wandb_run_id"] if state is not None else None)
+        self.tracker.summary({"parameters": self.n_params})
+        log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{self.n_params:,}",
+                 self.steps_per_epoch, tc.batch_size, device, tc.precision)
+        self.bank = self.objective.preview_bank(self.data, tc.sample_grid,
+                                                torch.Generator().manual_seed(tc.sample_seed), device)
+        self.samples_dir, self.ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
+
+    def resume(self, state: dict, path: Path) -> None:
+        try:
+            self.model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
+        except RuntimeError as e:
+            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+            raise CheckpointError(f"{path} does not fit this run's model (was it written with another "
+                                  f"model config?): {detail}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.metrics = state["epoch"], state["step"], state.get("metrics", {})
+        check_position(self.step, self.epoch, self.steps_per_epoch, path)
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def at_max_steps(self) -> bool:
+        return self.tc.max_steps is not None and self.step >= self.tc.max_steps
+
+    def train_epoch(self, stop: StopSignal) -> bool:
+        """Steps through the rest of this epoch; returns whether max_steps or a signal (on any rank) cut it short."""
+        tc, stopped, pass_start = self.tc, False, self.step
+        skip = self.step - self.epoch * self.steps_per_epoch  # batches of this epoch done before a resume
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{tc.epochs}",
+                   unit="step", dynamic_ncols=True, leave=False)
+        pending, self.losses, self.throughput = [], [], Throughput(tc.batch_size)
+        batches = epoch_batches(len(self.inputs), tc.batch_size, tc.seed, self.epoch, self.device)
+        for idx in itertools.islice(batches, skip, None):
+            x, y = self.inputs.batch(idx)
+            with self.amp:
+                loss, _ = self.objective.loss(self.train_model, x, y, self.shard)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            pending.append(loss.detach())
+            bar.update(1)
+            if len(pending) == tc.log_every:
+                self.flush(pending)
+                bar.set_postfix(loss=f"{self.losses[-1]:.4f}",
+                                img_s=f"{self.throughput.images_per_s(len(self.losses)):.0f}")
+                self.throughput.synced(len(self.losses))
+            stopped = self.at_max_steps() or self.d.any(stop.signum is not None)
+            if stopped:
+                break
+        if pending:
+            self.flush(pending)
+        bar.close()
+        if self.step == pass_start:  # check_position makes this unreachable; never loop without progress
+            raise RuntimeError(f"epoch {self.epoch + 1} made no step (step {self.step}, {self.steps_per_epoch} "
+                               f"per epoch)")
+        return stopped
+
+    def flush(self, pending: list) -> None:
+        losses = self.d.mean(torch.stack(pending).tolist())  # the one host sync per log_every steps
+        pending.clear()
+        first = self.step - len(losses) + 1
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                last = self.ckpt_dir / "last.pt"
+                kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written yet"
+                raise NonFiniteLoss(f"loss became {value} at step {first + i}; {kept}. Lower optim.lr or try "
+                                    f"trainer.precision=fp32")
+            self.tracker.log({"loss": value, "lr": self.optimizer.lr, "epoch": self.epoch}, step=first + i)
+        self.losses += losses
+
+    def end_epoch(self, stopped: bool, signalled: bool) -> None:
+        """Logs the pass, checkpoints, then does the side work that `epoch_actions` asks for."""
+        tc, losses = self.tc, self.losses
+        seconds, images_per_s = time.perf_counter() - self.throughput.start, self.throughput.images_per_s(len(losses))
+        act = epoch_actions(self.epoch, self.step, self.steps_per_epoch, epochs=tc.epochs, stopped=stopped,
+                            signalled=signalled, sample_every=tc.sample_every, sample_epochs=tc.sample_epochs,
+                            ckpt_every=tc.ckpt_every, eval_every=self.ec.every)
+        self.epoch = act.epoch
+        self.metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=self.epoch, steps=self.step,
+                            images_per_s=images_per_s)
+        self.tracker.log({"epoch_time_s": seconds, "images_per_s": images_per_s,
+                          "epoch_loss": self.metrics["final_loss"], "epoch": self.epoch}, step=self.step)
+        log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", self.epoch, tc.epochs, self.step,
+                 self.metrics["final_loss"], images_per_s, seconds)
+        if not self.d.main:  # rank 0 alone writes
+            return
+        # the checkpoint first: nothing after it (a grid, an evaluation) can lose the epoch
+        self.write_checkpoint("last.pt", *([f"{act.tag}.pt"] if act.snapshot else []))
+        prune_snapshots(self.ckpt_dir, tc.keep_last, tc.sample_epochs)
+        if act.samples:
+            with not_fatal(f"the sample grid at {act.tag}"):
+                self.write_samples(act.tag)
+        if act.evaluate:
+            with not_fatal(f"the evaluation at {act.tag}"):
+                self.evaluate(act.tag)
+            if act.run_ends:  # the final scores belong in the final checkpoint (a re-run sweep returns them)
+                self.write_checkpoint("last.pt")
+
+    def write_samples(self, tag: str) -> None:
+        with side_effect_free(self.device), self.optimizer.averaged(self.model), self.amp:
+            grid = to_uint8(self.objective.preview(self.model, self.bank))
+            path = save_grid(grid, self.samples_dir / f"{tag}.png", nrow=self.tc.sample_grid)
+        self.tracker.log_image("samples", path, self.step, caption=tag)
+
+    def evaluate(self, tag: str) -> None:
+        ec = self.ec
+        with side_effect_free(self.device):
+            if self.evaluator is None:  # trains the scoring classifier the first time a dataset is seen
+                self.evaluator = Evaluator(self.data, self.device, ec.cache_dir, ec.classifier_epochs,
+                                           ec.inception_weights, ec.fid)
+        with side_effect_free(self.device), self.optimizer.averaged(self.model), self.amp:
+            scores = self.objective.evaluate(self.model, self.data, self.evaluator, ec.n, ec.seed)
+        scores = {f"eval/{k}": v for k, v in scores.items()}
+        self.tracker.log(scores, step=self.step)
+        self.metrics.update(scores)
+        with open(self.info.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": self.epoch, "step": self.step, **scores}) + "\n")
+        log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    def write_checkpoint(self, *names: str) -> None:
+        with self.optimizer.averaged(self.model) as train_weights:
+            snapshot = {"config": self.resolved, "kind": self.objective.kind, "autoencoder": self.autoencoder,
+                        "model": self.model.state_dict(), "train_model": train_weights,
+                        "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                        "rng": rng_state(), "wandb_run_id": self.tracker.run_id, "parameters": self.n_params,
+                        "metrics": dict(self.metrics), "train_images": len(self.data.train)}
+            for name in names:
+                save_checkpoint(snapshot, self.ckpt_dir / name)
+
+    def finish(self) -> dict:
+        """The progress GIF, the checkpoint artifact, the W&B summary and metrics.json; returns the metrics."""
+        self.d.check_in_sync(self.model)
+        frames = sorted(self.samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns) if self.d.main else []
+        if len(frames) > 1:
+            with not_fatal("the progress GIF"):
+                gif = save_gif(frames, self.samples_dir / "progress.gif")
+                self.tracker.log_video("samples_over_training", gif, self.step)
+        if self.cfg.logger.log_checkpoints:
+            self.tracker.log_checkpoint(self.ckpt_dir / "last.pt", aliases=[f"epoch_{self.epoch:04d}", "latest"])
+        self.tracker.summary(self.metrics)
+        self.metrics["status"] = "finished" if self.epoch == self.tc.epochs else "stopped"
+        if self.d.main:
+            (self.info.run_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n")
+        return self.metrics
 
 
 def train(cfg: DictConfig, info: RunInfo) -> dict:
@@ -144,182 +335,20 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
             log.info("%s already finished its %d epochs; nothing to train", info.run_dir, tc.epochs)
             return {**state.get("metrics", {}), "status": "already finished"}
 
-    torch.manual_seed(tc.seed)
-    autoencoder = load_autoencoder(cfg.autoencoder.ckpt) if cfg.autoencoder.ckpt else None
-    objective = objective_for(resolved["schedule"], autoencoder)
-    data = build(resolved["dataset"], "dataset")
-    if len(data.train) < tc.batch_size:
-        raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset "
-                           f"({len(data.train)} images); lower it")
-    if state is not None and state.get("train_images", len(data.train)) != len(data.train):
-        raise DatasetError(f"resuming {ckpt_path}: the run trained on {state['train_images']} images, but the "
-                           f"dataset now has {len(data.train)}; point dataset.root at the data it started with")
-    model = build(resolved["model"], "model").to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
-    if d.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = autocast(device, tc.precision)
-    with amp:  # latents of a frozen autoencoder are encoded once, in the run's precision
-        inputs = objective.inputs(data, device)
-    steps_per_epoch = len(inputs) // tc.batch_size
-    shard = d.shard(tc.batch_size)  # this process's slice of every global batch
-    optimizer = build(resolved["optim"], "optim", None, model.parameters(), total_steps=steps_per_epoch * tc.epochs)
-    n_params = sum(p.numel() for p in model.parameters())
-
-    epoch, step, run_id, metrics = 0, 0, None, {}
-    if state is not None:
-        try:
-            model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
-        except RuntimeError as e:
-            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
-            raise CheckpointError(f"{ckpt_path} does not fit this run's model (was it written with another "
-                                  f"model config?): {detail}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        epoch, step, run_id, metrics = state["epoch"], state["step"], state["wandb_run_id"], state.get("metrics", {})
-        check_position(step, epoch, steps_per_epoch, ckpt_path)
-        log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch, step)
-
-    lc = cfg.logger
-    tracker = Tracker(wandb_mode if d.main else "disabled", info.run_dir, resolved, info.name, lc.group or info.group, lc.project, lc.entity,
-                      [*lc.tags, *info.tags], run_id=run_id)
-    tracker.summary({"parameters": n_params})
-    log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{n_params:,}",
-             steps_per_epoch, tc.batch_size, device, tc.precision)
-
-    bank = objective.preview_bank(data, tc.sample_grid, torch.Generator().manual_seed(tc.sample_seed), device)
-    samples_dir, ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
-
-    ec, evaluator = cfg.eval, None
-
-    def side_effect_free():
-        """Grids and evaluations must not draw from the training RNG: a run that evaluates (or is
-        stopped and resumed) trains exactly like one that does not."""
-        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-    def write_samples(tag: str) -> None:
-        if not d.main:
-            return
-        with side_effect_free(), optimizer.averaged(model), amp:
-            path = save_grid(to_uint8(objective.preview(model, bank)), samples_dir / f"{tag}.png", nrow=tc.sample_grid)
-        tracker.log_image("samples", path, step, caption=tag)
-
-    def evaluate(tag: str) -> None:
-        nonlocal evaluator
-        if not d.main:
-            return
-        with side_effect_free():
-            if evaluator is None:  # trains the scoring classifier the first time a dataset is seen
-                evaluator = Evaluator(data, device, ec.cache_dir, ec.classifier_epochs, ec.inception_weights, ec.fid)
-        with side_effect_free(), optimizer.averaged(model), amp:
-            scores = {f"eval/{k}": v for k, v in objective.evaluate(model, data, evaluator, ec.n, ec.seed).items()}
-        tracker.log(scores, step=step)
-        metrics.update(scores)
-        with open(info.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": epoch, "step": step, **scores}) + "\n")
-        log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-
-    def write_checkpoint(*names: str) -> None:
-        if not d.main:
-            return
-        with optimizer.averaged(model) as train_weights:
-            snapshot = {"config": resolved, "kind": objective.kind, "autoencoder": autoencoder,
-                        "model": model.state_dict(), "train_model": train_weights,
-                        "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
-                        "wandb_run_id": tracker.run_id, "parameters": n_params, "metrics": dict(metrics),
-                        "train_images": len(data.train)}
-            for name in names:
-                save_checkpoint(snapshot, ckpt_dir / name)
-
-    def flush(pending: list) -> list:
-        losses = d.mean(torch.stack(pending).tolist())  # the one host sync per log_every steps
-        first = step - len(losses) + 1
-        for i, value in enumerate(losses):
-            if not math.isfinite(value):
-                last = ckpt_dir / "last.pt"
-                kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written yet"
-                raise NonFiniteLoss(f"loss became {value} at step {first + i}; {kept}. Lower optim.lr or try "
-                                    f"trainer.precision=fp32")
-            tracker.log({"loss": value, "lr": optimizer.lr, "epoch": epoch}, step=first + i)
-        pending.clear()
-        return losses
-
+    run = Run(cfg, info, resolved, device, wandb_mode, state, ckpt_path)
     exit_code = 1
-    with StopSignal() as stop_signal:
+    with StopSignal() as stop:
         try:
-            stopped = tc.max_steps is not None and step >= tc.max_steps
-            while epoch < tc.epochs and not stopped:
-                skip = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
-                bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
-                           dynamic_ncols=True, leave=False)
-                pending, losses, throughput, pass_start = [], [], Throughput(tc.batch_size), step
-                for idx in itertools.islice(epoch_batches(len(inputs), tc.batch_size, tc.seed, epoch, device), skip, None):
-                    x, y = inputs.batch(idx)
-                    with amp:
-                        loss, _ = objective.loss(train_model, x, y, shard)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    pending.append(loss.detach())
-                    bar.update(1)
-                    if len(pending) == tc.log_every:
-                        losses += flush(pending)
-                        bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{throughput.images_per_s(len(losses)):.0f}")
-                        throughput.synced(len(losses))
-                    stopped = (tc.max_steps is not None and step >= tc.max_steps) or d.any(stop_signal.signum is not None)
-                    if stopped:
-                        break
-                if pending:
-                    losses += flush(pending)
-                bar.close()
-                if step == pass_start:  # check_position makes this unreachable; never loop without progress
-                    raise RuntimeError(f"epoch {epoch + 1} made no step (step {step}, {steps_per_epoch} per epoch)")
-                seconds, images_per_s = time.perf_counter() - throughput.start, throughput.images_per_s(len(losses))
-                epoch_done = step == (epoch + 1) * steps_per_epoch
-                epoch += int(epoch_done)
-                metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=epoch, steps=step,
-                               images_per_s=images_per_s)
-                tracker.log({"epoch_time_s": seconds, "images_per_s": metrics["images_per_s"],
-                             "epoch_loss": metrics["final_loss"], "epoch": epoch}, step=step)
-                log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", epoch, tc.epochs, step,
-                         metrics["final_loss"], metrics["images_per_s"], seconds)
-                tag = f"epoch_{epoch:04d}" if epoch_done else f"step_{step:06d}"
-                asked_for = epoch_done and epoch in tc.sample_epochs
-                run_ends = epoch == tc.epochs or (stopped and stop_signal.signum is None)  # a signal: save, go
-                keep = asked_for or (epoch_done and epoch % tc.ckpt_every == 0)
-                write_checkpoint("last.pt", *([f"{tag}.pt"] if keep else []))  # first: nothing after can lose it
-                if d.main:
-                    prune_snapshots(ckpt_dir, tc.keep_last, tc.sample_epochs)
-                if run_ends or asked_for or (epoch_done and epoch % tc.sample_every == 0):
-                    with not_fatal(f"the sample grid at {tag}"):
-                        write_samples(tag)
-                if ec.every and (run_ends or (epoch_done and epoch % ec.every == 0)):
-                    with not_fatal(f"the evaluation at {tag}"):
-                        evaluate(tag)
-                    if run_ends:  # the final scores belong in the final checkpoint (a re-run sweep returns them)
-                        write_checkpoint("last.pt")
-            if stop_signal.signum is not None:
-                name = signal.Signals(stop_signal.signum).name
+            stopped = run.at_max_steps()
+            while run.epoch < tc.epochs and not stopped:
+                stopped = run.train_epoch(stop)
+                run.end_epoch(stopped, signalled=stop.signum is not None)
+            if stop.signum is not None:
                 log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with hydra.run.dir=%s "
-                            "trainer.resume=auto", name, step, ckpt_dir / "last.pt", info.run_dir)
-                raise SystemExit(128 + stop_signal.signum)
-
-            d.check_in_sync(model)
-            frames = sorted(samples_dir.glob("*.png"), key=lambda p: p.stat().st_mtime_ns) if d.main else []
-            if len(frames) > 1:
-                with not_fatal("the progress GIF"):
-                    tracker.log_video("samples_over_training", save_gif(frames, samples_dir / "progress.gif"), step)
-            if lc.log_checkpoints:
-                tracker.log_checkpoint(ckpt_dir / "last.pt", aliases=[f"epoch_{epoch:04d}", "latest"])
-            tracker.summary(metrics)
-            metrics["status"] = "finished" if epoch == tc.epochs else "stopped"
-            if d.main:
-                write_metrics(info.run_dir, metrics)
+                            "trainer.resume=auto", stop.name, run.step, run.ckpt_dir / "last.pt", info.run_dir)
+                raise SystemExit(128 + stop.signum)
+            metrics = run.finish()
             exit_code = 0
             return metrics
         finally:
-            tracker.finish(exit_code)
+            run.tracker.finish(exit_code)
