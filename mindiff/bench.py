@@ -101,7 +101,8 @@ def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, w
                 overrides: List[str] = (), variant: str = "mindiff") -> dict:
     """mindiff's own trainer, as `python -m mindiff.train` runs it, stopped after WARMUP_STEPS + `steps`
     steps; its images/s counts the steps after its first loss log, which comes after WARMUP_STEPS."""
-    from mindiff.trainer import RunInfo, train
+    from mindiff.tracking import RunInfo
+    from mindiff.trainer import train
     workdir = Path(workdir)
     cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={WARMUP_STEPS + steps}",
                    f"trainer.precision={precision}", f"trainer.device={device}", "logger.mode=disabled",

@@ -4,6 +4,7 @@ A checkpoint carries the resolved config that built it, so sampling, evaluation 
 rebuild the model from the file alone (mindiff.build, through its allowlist: the file is data).
 """
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from mindiff.errors import UserError, first_line
 from mindiff.files import atomic_write
 
+log = logging.getLogger(__name__)
 FORMAT = "mindiff-checkpoint-v1"
 KIND_USES = {  # what each kind of checkpoint is for, for the message when another kind is given
     "diffusion": "sample and evaluate a denoiser's checkpoint (a model=mlp2 or model=conv_adaln run)",
@@ -62,6 +64,22 @@ def _a(word: str) -> str:
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+def checkpoint_to_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
+    """trainer.resume: null (start fresh), auto (this run dir's last.pt, if any) or a path."""
+    if resume != "auto":
+        return Path(resume) if resume else None
     last = run_dir / "checkpoints" / "last.pt"
-    return last if last.is_file() else None
+    if not last.is_file():
+        log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", last.parent)
+        return None
+    return last
+
+
+def prune_snapshots(ckpt_dir: Path, keep_last: Optional[int], keep_epochs) -> None:
+    """Keep the newest `keep_last` epoch snapshots, plus those at the epochs a sweep asked for."""
+    if keep_last is None:
+        return
+    kept = {f"epoch_{e:04d}.pt" for e in keep_epochs}
+    snapshots = sorted(p for p in ckpt_dir.glob("epoch_*.pt") if p.name not in kept)
+    for old in snapshots[: max(0, len(snapshots) - keep_last)]:
+        old.unlink()

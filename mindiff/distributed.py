@@ -22,6 +22,17 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's GPU when the run is on GPUs (LOCAL_RANK picks it)."""
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.world > 1 else device
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as this rank trains it: under DistributedDataParallel when there are several ranks."""
+        if self.world == 1:
+            return model
+        device = next(model.parameters()).device
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
     def shard(self, batch_size: int) -> slice:
         per_rank = batch_size // self.world
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)

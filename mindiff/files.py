@@ -92,7 +92,8 @@ def _busy(run_dir: Path, fd: int) -> RunDirBusy:
 
 def lock_run_dir(run_dir: Path) -> None:
     """Hold the run dir for this process until it exits: a second training there (which would mix its
-    checkpoints with ours) is refused. An flock dies with its process, so a killed run leaves no stale lock."""
+    checkpoints with ours) is refused. An flock dies with its process, so a killed run leaves no stale lock;
+    the temp files its killed writes left (see atomic_write) are removed once the dir is ours."""
     key = Path(run_dir).resolve()
     if key in _HELD:
         return
@@ -107,6 +108,8 @@ def lock_run_dir(run_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _HELD[key] = fd
+    for stale in (key / "checkpoints").glob("*.tmp"):
+        stale.unlink()
 
 
 def check_run_dir_free(run_dir: Path) -> None:

@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 from typing import List, Tuple
 
 from mindiff.config import ConfigError
+from mindiff.data import DatasetError
 
 MAY_CHANGE = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.resume", "trainer.device", "trainer.compile",
@@ -43,6 +44,13 @@ def check_same_run(saved: dict, now: dict, ckpt) -> None:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
         raise ConfigError(f"resuming {ckpt} with settings that define another run ({listed}); set them back, "
                           f"or start a new run in another hydra.run.dir")
+
+
+def check_same_data(state: dict, train_images: int, ckpt) -> None:
+    """The number of training images is recorded too: the data may move (dataset.root), not change."""
+    if state.get("train_images", train_images) != train_images:
+        raise DatasetError(f"resuming {ckpt}: the run trained on {state['train_images']} images, but the dataset "
+                           f"now has {train_images}; point dataset.root at the data it started with")
 
 
 def check_position(step: int, epoch: int, steps_per_epoch: int, ckpt) -> None:

@@ -32,3 +32,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def side_effect_free(device: torch.device):
+    """Grids and evaluations must not draw from the training RNG: a run that evaluates (or is
+    stopped and resumed) trains exactly like one that does not."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

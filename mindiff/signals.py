@@ -25,6 +25,13 @@ class StopSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
+    def agreed(self, dist) -> bool:
+        """Whether any rank was asked to stop; that rank's signal then stops every rank (as SIGTERM where
+        none came), so no rank trains on or waits for the others."""
+        if dist.any(self.signum is not None) and self.signum is None:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name

@@ -4,13 +4,16 @@ import functools
 import logging
 import netrc
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import wandb
 
-from mindiff.config import ConfigError
 from mindiff import errors
+from mindiff.config import ConfigError
+from mindiff.distributed import Dist
 
 log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 5  # an unreachable server must not hold up training for long
@@ -48,14 +51,26 @@ def not_fatal(method):
     return guarded
 
 
-class Tracker:
-    """One W&B run per training run; resumed by id when the training run is resumed."""
+@dataclass
+class RunInfo:
+    """Where a run writes and how it is labelled in W&B (the CLI derives these from Hydra)."""
+    run_dir: Path
+    name: str
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    dist: Dist = Dist()  # this process's rank; rank 0 alone writes checkpoints, grids and W&B
 
-    def __init__(self, mode: str, run_dir: Path, config: dict, name: str, group: Optional[str],
-                 project: str, entity: Optional[str], tags: Sequence[str], run_id: Optional[str] = None):
+
+class Tracker:
+    """One W&B run per training run; resumed by id when the training run is resumed. `logger`: the
+    config's logger group (project, entity; its group and tags come before the run's own)."""
+
+    def __init__(self, mode: str, info: RunInfo, config: dict, logger, run_id: Optional[str] = None):
         self.mode = mode  # from choose_mode, called before any work starts
         self.failed = set()  # the calls that failed (each is reported once)
-        kwargs = dict(project=project, entity=entity, dir=str(run_dir), config=config, name=name, group=group,
+        tags = [*logger.tags, *info.tags]
+        kwargs = dict(project=logger.project, entity=logger.entity, dir=str(info.run_dir), config=config,
+                      name=info.name, group=logger.group or info.group,
                       tags=[t if len(t) <= 64 else t[:61] + "..." for t in tags],  # W&B allows 64 chars
                       id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
                       settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off", silent=True))
@@ -103,3 +118,19 @@ class Tracker:
     @not_fatal
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
+
+
+class Throughput:
+    """Images/s of an epoch from its first host sync (the first loss log) on: the steps before it pay
+    one-off costs (compiling, kernel selection, optimizer state) that would swamp short runs."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.start, self.mark = batch_size, time.perf_counter(), None
+
+    def synced(self, steps: int) -> None:
+        if self.mark is None:
+            self.mark = (time.perf_counter(), steps)
+
+    def images_per_s(self, steps: int) -> float:
+        since, done = self.mark if self.mark and steps > self.mark[1] else (self.start, 0)
+        return (steps - done) * self.batch_size / (time.perf_counter() - since)

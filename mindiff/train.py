@@ -23,7 +23,8 @@ from mindiff import errors
 from mindiff.cli import exit_on_user_error, user_error
 from mindiff.distributed import Dist, from_environment
 from mindiff.files import check_run_dir_free, check_writable_dir
-from mindiff.trainer import RunInfo, train
+from mindiff.tracking import RunInfo
+from mindiff.trainer import train
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"

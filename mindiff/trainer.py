@@ -7,123 +7,32 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Container, List, Optional
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mindiff.build import build, load_autoencoder, objective_for, plain, read_checkpoint
-from mindiff.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+from mindiff.cadence import epoch_actions
+from mindiff.checkpoint import CheckpointError, checkpoint_to_resume, prune_snapshots, save_checkpoint
 from mindiff.config import ConfigError, validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8
-from mindiff.distributed import Dist
-from mindiff.errors import not_fatal
-from mindiff.files import check_writable_dir, lock_run_dir
+from mindiff.errors import last_line, not_fatal
+from mindiff.files import check_writable_dir, lock_run_dir, save_text
 from mindiff.images import save_gif, save_grid
 from mindiff.metrics import Evaluator
-from mindiff.resume import check_position, check_same_run
-from mindiff.runtime import autocast, pick_device, rng_state, set_rng_state
+from mindiff.resume import check_position, check_same_data, check_same_run
+from mindiff.runtime import autocast, pick_device, rng_state, set_rng_state, side_effect_free
 from mindiff.signals import StopSignal
-from mindiff.tracking import Tracker, choose_mode
+from mindiff.tracking import RunInfo, Throughput, Tracker, choose_mode
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunInfo:
-    """Where a run writes and how it is labelled in W&B (the CLI derives these from Hydra)."""
-    run_dir: Path
-    name: str
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    dist: Dist = Dist()  # this process's rank; rank 0 alone writes checkpoints, grids and W&B
-
-
 class NonFiniteLoss(FloatingPointError):
     pass
-
-
-def checkpoint_to_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
-    if resume != "auto":
-        return Path(resume) if resume else None
-    found = latest_checkpoint(run_dir)
-    if found is None:
-        log.info("trainer.resume=auto: no checkpoint in %s yet, starting fresh", run_dir / "checkpoints")
-    return found
-
-
-def prune_snapshots(ckpt_dir: Path, keep_last: Optional[int], keep_epochs) -> None:
-    """Keep the newest `keep_last` epoch snapshots, plus those at the epochs a sweep asked for."""
-    if keep_last is None:
-        return
-    kept = {f"epoch_{e:04d}.pt" for e in keep_epochs}
-    snapshots = sorted(p for p in ckpt_dir.glob("epoch_*.pt") if p.name not in kept)
-    for old in snapshots[: max(0, len(snapshots) - keep_last)]:
-        old.unlink()
-
-
-class Throughput:
-    """Images/s of an epoch from its first host sync (the first loss log) on: the steps before it pay
-    one-off costs (compiling, kernel selection, optimizer state) that would swamp short runs."""
-
-    def __init__(self, batch_size: int):
-        self.batch_size, self.start, self.mark = batch_size, time.perf_counter(), None
-
-    def synced(self, steps: int) -> None:
-        if self.mark is None:
-            self.mark = (time.perf_counter(), steps)
-
-    def images_per_s(self, steps: int) -> float:
-        since, done = self.mark if self.mark and steps > self.mark[1] else (self.start, 0)
-        return (steps - done) * self.batch_size / (time.perf_counter() - since)
-
-
-def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
-    """This process alone trains in `run_dir` (a second gets one line, exit code 2); temp files that a
-    killed write left in it are removed; the evaluation cache, written after the first epoch, is checked
-    before any work."""
-    lock_run_dir(run_dir)
-    for stale in (run_dir / "checkpoints").glob("*.tmp"):
-        stale.unlink()
-    if cfg.eval.every:
-        check_writable_dir(cfg.eval.cache_dir, "eval.cache_dir (or $MINDIFF_CACHE)")
-
-
-def side_effect_free(device: torch.device):
-    """Grids and evaluations must not draw from the training RNG: a run that evaluates (or is
-    stopped and resumed) trains exactly like one that does not."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-@dataclass(frozen=True)
-class EpochActions:
-    epoch: int  # epochs completed
-    tag: str  # names the grid and the snapshot: epoch_0003 after a whole epoch, step_000042 after part of one
-    snapshot: bool  # keep checkpoints/{tag}.pt beside last.pt
-    samples: bool
-    evaluate: bool
-    run_ends: bool
-
-
-def epoch_actions(epoch: int, step: int, steps_per_epoch: int, *, epochs: int, sample_every: int,
-                  sample_epochs: Container[int], ckpt_every: int, eval_every: Optional[int], stopped: bool = False,
-                  signalled: bool = False) -> EpochActions:
-    """What the end of a pass over the data does. The pass began in `epoch` (0-based) and ended at `step`:
-    at the end of that epoch, or before it if `stopped` by max_steps or, `signalled`, by a signal.
-    The run ends at its last epoch or at max_steps, with a grid and an evaluation; a signal ends the
-    process, not the run: a resume continues it."""
-    done = step == (epoch + 1) * steps_per_epoch
-    epoch += int(done)
-    asked_for = done and epoch in sample_epochs
-    run_ends = epoch == epochs or (stopped and not signalled)
-    return EpochActions(epoch=epoch, tag=f"epoch_{epoch:04d}" if done else f"step_{step:06d}",
-                        snapshot=asked_for or (done and epoch % ckpt_every == 0),
-                        samples=run_ends or asked_for or (done and epoch % sample_every == 0),
-                        evaluate=bool(eval_every) and (run_ends or (done and epoch % eval_every == 0)),
-                        run_ends=run_ends)
 
 
 class Run:
@@ -138,20 +47,16 @@ class Run:
         self.autoencoder = load_autoencoder(cfg.autoencoder.ckpt) if cfg.autoencoder.ckpt else None
         self.objective = objective_for(resolved["schedule"], self.autoencoder)
         self.data = build(resolved["dataset"], "dataset")
-        n_train = len(self.data.train)
-        if n_train < tc.batch_size:
-            raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset ({n_train} images); "
-                               f"lower it")
-        if state is not None and state.get("train_images", n_train) != n_train:
-            raise DatasetError(f"resuming {ckpt_path}: the run trained on {state['train_images']} images, but the "
-                               f"dataset now has {n_train}; point dataset.root at the data it started with")
+        if len(self.data.train) < tc.batch_size:
+            raise DatasetError(f"trainer.batch_size={tc.batch_size} is larger than the dataset "
+                               f"({len(self.data.train)} images); lower it")
+        if state is not None:
+            check_same_data(state, len(self.data.train), ckpt_path)
         model = self.model = build(resolved["model"], "model").to(device)
         if tc.channels_last:
             model.to(memory_format=torch.channels_last)
         self.train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
-        if self.d.world > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.train_model = self.d.wrap(self.train_model)
         self.amp = autocast(device, tc.precision)
         with self.amp:  # latents of a frozen autoencoder are encoded once, in the run's precision
             self.inputs = self.objective.inputs(self.data, device)
@@ -163,9 +68,7 @@ class Run:
         self.epoch, self.step, self.metrics, self.evaluator = 0, 0, {}, None
         if state is not None:
             self.resume(state, ckpt_path)
-        lc = cfg.logger
-        self.tracker = Tracker(wandb_mode if self.d.main else "disabled", info.run_dir, resolved, info.name,
-                               lc.group or info.group, lc.project, lc.entity, [*lc.tags, *info.tags],
+        self.tracker = Tracker(wandb_mode if self.d.main else "disabled", info, resolved, cfg.logger,
                                run_id=state["wandb_run_id"] if state is not None else None)
         self.tracker.summary({"parameters": self.n_params})
         log.info("model: %s parameters; %d steps/epoch of %d images; device %s, %s", f"{self.n_params:,}",
@@ -178,9 +81,8 @@ class Run:
         try:
             self.model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
         except RuntimeError as e:
-            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
             raise CheckpointError(f"{path} does not fit this run's model (was it written with another "
-                                  f"model config?): {detail}") from None
+                                  f"model config?): {last_line(e)}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], state.get("metrics", {})
@@ -309,7 +211,7 @@ class Run:
         self.tracker.summary(self.metrics)
         self.metrics["status"] = "finished" if self.epoch == self.tc.epochs else "stopped"
         if self.d.main:
-            (self.info.run_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n")
+            save_text(json.dumps(self.metrics, indent=2) + "\n", self.info.run_dir / "metrics.json")
         return self.metrics
 
 
@@ -322,11 +224,11 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
     if tc.batch_size % d.world:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must divide evenly over "
                           f"{d.world} processes")
-    device = pick_device(tc.device)
-    if device.type == "cuda" and d.world > 1:
-        device = torch.device("cuda", d.local_rank)
-    if d.main:
-        claim_run_dir(info.run_dir, cfg)
+    device = d.device(pick_device(tc.device))
+    if d.main:  # this process alone trains there; the eval cache, first written after an epoch, is checked now
+        lock_run_dir(info.run_dir)
+        if cfg.eval.every:
+            check_writable_dir(cfg.eval.cache_dir, "eval.cache_dir (or $MINDIFF_CACHE)")
     ckpt_path = checkpoint_to_resume(tc.resume, info.run_dir)
     state = read_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None:
@@ -342,7 +244,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict:
             stopped = run.at_max_steps()
             while run.epoch < tc.epochs and not stopped:
                 stopped = run.train_epoch(stop)
-                run.end_epoch(stopped, signalled=stop.signum is not None)
+                run.end_epoch(stopped, signalled=stopped and stop.agreed(d))
             if stop.signum is not None:
                 log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with hydra.run.dir=%s "
                             "trainer.resume=auto", stop.name, run.step, run.ckpt_dir / "last.pt", info.run_dir)

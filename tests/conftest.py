@@ -13,6 +13,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # A model and data small enough that a CLI run takes seconds on 2 CPU cores.
 # Decode caches and evaluation classifiers of this test session stay out of the user's ~/.cache.
 os.environ["MINDIFF_CACHE"] = tempfile.mkdtemp(prefix="mindiff-test-cache-")
+# pytest-xdist runs one worker per core: each worker's runs get their share of the cores, not all of them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 TINY_RUN = ["dataset=tiny", "trainer.batch_size=64", "optim.warmup_steps=5", "trainer.sample_grid=4",
             "trainer.device=cpu", "logger.mode=offline", "eval.n=64", "eval.classifier_epochs=2"]

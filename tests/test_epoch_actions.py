@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from mindiff.trainer import EpochActions, epoch_actions
+from mindiff.cadence import EpochActions, epoch_actions
 
 STEPS = 8  # steps per epoch
 QUIET = dict(epochs=10, sample_every=100, sample_epochs=[], ckpt_every=100, eval_every=None)

@@ -1,0 +1,34 @@
+"""When a run writes what: at the end of each pass over the data, the tag, the snapshot, the grid, the
+evaluation and whether the run ends, decided by a pure function of where the run stands and the trainer
+settings (so it is unit-tested without a run)."""
+
+from dataclasses import dataclass
+from typing import Container, Optional
+
+
+@dataclass(frozen=True)
+class EpochActions:
+    epoch: int  # epochs completed
+    tag: str  # names the grid and the snapshot: epoch_0003 after a whole epoch, step_000042 after part of one
+    snapshot: bool  # keep checkpoints/{tag}.pt beside last.pt
+    samples: bool
+    evaluate: bool
+    run_ends: bool
+
+
+def epoch_actions(epoch: int, step: int, steps_per_epoch: int, *, epochs: int, sample_every: int,
+                  sample_epochs: Container[int], ckpt_every: int, eval_every: Optional[int], stopped: bool = False,
+                  signalled: bool = False) -> EpochActions:
+    """What the end of a pass over the data does. The pass began in `epoch` (0-based) and ended at `step`:
+    at the end of that epoch, or before it if `stopped` by max_steps or, `signalled`, by a signal.
+    The run ends at its last epoch or at max_steps, with a grid and an evaluation; a signal ends the
+    process, not the run: a resume continues it."""
+    done = step == (epoch + 1) * steps_per_epoch
+    epoch += int(done)
+    asked_for = done and epoch in sample_epochs
+    run_ends = epoch == epochs or (stopped and not signalled)
+    return EpochActions(epoch=epoch, tag=f"epoch_{epoch:04d}" if done else f"step_{step:06d}",
+                        snapshot=asked_for or (done and epoch % ckpt_every == 0),
+                        samples=run_ends or asked_for or (done and epoch % sample_every == 0),
+                        evaluate=bool(eval_every) and (run_ends or (done and epoch % eval_every == 0)),
+                        run_ends=run_ends)
