@@ -165,11 +165,14 @@ def objective_for(schedule: dict, autoencoder: Optional[dict] = None, source: Op
     return InLatentSpace(built, autoencoder_model(autoencoder, source or "autoencoder.ckpt"))
 
 
-def from_checkpoint(state: dict, source, device="cpu") -> Tuple[torch.nn.Module, object, DictConfig]:
-    """(model with inference weights, objective, config) from a checkpoint that read_checkpoint passed."""
+def from_checkpoint(state: dict, source, device="cpu", schedule: Optional[dict] = None
+                    ) -> Tuple[torch.nn.Module, object, DictConfig]:
+    """(model with inference weights, objective, config) from a checkpoint that read_checkpoint passed;
+    `schedule`: settings that replace the run's own (a CLI's steps, sampler, guidance), checked alike."""
     config = state["config"]
     model = _load_weights(build(config["model"], "model", str(source)), state["model"], str(source))
-    objective = objective_for(config["schedule"], state.get("autoencoder"), f"{source} (its embedded autoencoder)")
+    objective = objective_for({**config["schedule"], **(schedule or {})}, state.get("autoencoder"),
+                              f"{source} (its embedded autoencoder)")
     return model.to(device).eval(), objective, OmegaConf.create(config)
 
 

@@ -34,7 +34,8 @@ AutoencoderConfig = schema("AutoencoderConfig", _target_=str, in_channels=int, h
 ConvAdaLNConfig = schema("ConvAdaLNConfig", _target_=str, in_channels=int, hidden=int, blocks=int, class_embed_dim=int,
                          classes=Optional[int], groups=int)
 
-AlphaBlendConfig = schema("AlphaBlendConfig", _target_=str, t_sampling=str, loss_terms=List[str], sample_steps=int)
+AlphaBlendConfig = schema("AlphaBlendConfig", _target_=str, t_sampling=str, loss_terms=List[str], sample_steps=int,
+                          sampler=str, guidance=float, label_dropout=float)
 ReconstructionConfig = schema("ReconstructionConfig", _target_=str, ssim_weight=float, eval_images=int)
 
 OptimConfig = schema("OptimConfig", _target_=str, algorithm=str, lr=float, betas=List[float], weight_decay=float,
@@ -77,6 +78,7 @@ CHOICES = {
     ("optim", "algorithm"): ("schedulefree_adamw", "adamw"),
     ("optim", "decay"): ("none", "cosine"),
     ("schedule", "t_sampling"): ("uniform", "logit_normal"),
+    ("schedule", "sampler"): ("euler", "heun"),
 }
 POSITIVE = [
     ("trainer", "epochs"), ("trainer", "batch_size"), ("trainer", "max_steps"),
@@ -87,7 +89,7 @@ POSITIVE = [
     ("dataset", "train_size"), ("dataset", "test_size"),
 ]
 NOT_NEGATIVE = [("optim", "weight_decay"), ("optim", "min_lr"), ("optim", "warmup_steps"),
-                ("schedule", "ssim_weight")]
+                ("schedule", "ssim_weight"), ("schedule", "guidance")]
 LOSS_TERMS = ("target", "eps", "x0", "ssim")
 
 
@@ -169,6 +171,10 @@ def validate(cfg: DictConfig) -> None:
     fraction = get("dataset", "test_fraction")
     if fraction is not None and not 0 < fraction < 1:
         raise ConfigError(f"dataset.test_fraction={fraction} must be between 0 and 1")
+    dropout = get("schedule", "label_dropout")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ConfigError(f"schedule.label_dropout={dropout} must be in [0, 1): the share of labels replaced by "
+                          f"the null class")
     check_device(get("trainer", "device") or "auto")
     for term in get("schedule", "loss_terms") or []:
         if term not in LOSS_TERMS:

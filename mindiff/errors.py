@@ -12,6 +12,10 @@ class UserError(Exception):
     """Base of every error a user can act on; the message names the key, file or folder and what to do."""
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became nan or inf; the message names the step and what was kept."""
+
+
 def lines(text) -> List[str]:
     """The non-empty lines of a message, stripped (library errors often span several)."""
     return [line.strip() for line in str(text).splitlines() if line.strip()]

@@ -16,7 +16,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from mindiff.build import build, from_checkpoint, read_checkpoint
-from mindiff.cli import run_command
+from mindiff.cli import run_command, sampling_overrides
 from mindiff.config import PRECISIONS, ConfigError, check_choice
 from mindiff.files import check_writable_dir, check_writable_file, save_text
 from mindiff.metrics import Evaluator
@@ -28,7 +28,9 @@ class EvaluateArgs:
     ckpt: str
     n: int = 5000
     out: Optional[str] = None  # default: metrics.json beside the checkpoint
-    steps: Optional[int] = None
+    steps: Optional[int] = None  # steps, sampler, guidance: default the run's own schedule settings
+    sampler: Optional[str] = None
+    guidance: Optional[float] = None
     seed: int = 0
     dataset_root: Optional[str] = None
     classifier_epochs: int = 3
@@ -42,14 +44,13 @@ class EvaluateArgs:
 def evaluate(args: EvaluateArgs) -> dict:
     if args.n <= 0:
         raise ConfigError(f"n={args.n} must be > 0")
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError(f"steps={args.steps} must be > 0")
+    schedule = sampling_overrides(args.steps, args.sampler, args.guidance)
     check_choice("precision", args.precision, PRECISIONS)
     device = pick_device(args.device, key="device")
     out = check_writable_file(args.out or Path(args.ckpt).with_name("metrics.json"), "out")
     check_writable_dir(args.cache_dir, "cache_dir (or $MINDIFF_CACHE)")
     state = read_checkpoint(args.ckpt)
-    model, objective, cfg = from_checkpoint(state, args.ckpt, device)
+    model, objective, cfg = from_checkpoint(state, args.ckpt, device, schedule)
     dataset_cfg = OmegaConf.to_container(cfg.dataset)
     if args.dataset_root:
         dataset_cfg["root"] = args.dataset_root
@@ -57,8 +58,6 @@ def evaluate(args: EvaluateArgs) -> dict:
         dataset_cfg["download"] = False
     data = build(dataset_cfg, "dataset", args.ckpt)
     evaluator = Evaluator(data, device, args.cache_dir, args.classifier_epochs, args.inception_weights, args.fid)
-    if args.steps:
-        objective.sample_steps = args.steps
     with autocast(device, args.precision):
         scores = objective.evaluate(model, data, evaluator, args.n, args.seed)
     result = {"ckpt": str(args.ckpt), "kind": state.get("kind"), "epoch": state["epoch"], "n": args.n, **scores}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mindiff.data import Dataset, PixelBatches, to_uint8, to_unit_range
+from mindiff.models.class_embedding import NULL_CLASS
 
 Terms = Dict[str, torch.Tensor]
 
@@ -32,6 +33,21 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return peak_signal_noise_ratio(images, reference, data_range=2.0)
 
 
+def epoch_terms(sums: Terms, steps: int) -> Dict[str, float]:
+    """What `loss` returned, summed over an epoch's steps, as the numbers to log: each term's mean as
+    loss/<term>, and the target loss per bin of t (from the summed `by_t`) as loss_by_t/<from>-<to>."""
+    logged = {}
+    for name, total in sums.items():
+        if name == "by_t":
+            bins = total.shape[1]
+            for i, (loss, count) in enumerate(zip(*total.tolist())):
+                if count:
+                    logged[f"loss_by_t/{i / bins:.1f}-{(i + 1) / bins:.1f}"] = loss / count
+        else:
+            logged[f"loss/{name}"] = total.item() / steps
+    return logged
+
+
 def grid_labels(grid: int, num_classes: int) -> torch.Tensor:
     """Class per column, cycling 0..num_classes-1, for a grid x grid sample grid."""
     return (torch.arange(grid) % num_classes).repeat(grid)
@@ -39,15 +55,27 @@ def grid_labels(grid: int, num_classes: int) -> torch.Tensor:
 
 class AlphaBlend:
     """Alpha blending (IADB / rectified flow): x_t = (1-t)·x0 + t·eps, the model predicts
-    v = x0 - eps, and sampling integrates dx/dt = -v with Euler steps from t=1 (noise) to t=0."""
+    v = x0 - eps, and sampling integrates dx/dt = -v from t=1 (noise) to t=0, with Euler steps (the
+    reference) or Heun's (trapezoidal, two model calls a step).
+
+    Classifier-free guidance: training replaces a `label_dropout` fraction of the labels by the null
+    class; sampling then follows v_null + guidance·(v_class - v_null), both halves in one forward pass
+    (guidance=1: the class-conditional model alone, one call)."""
 
     kind = "diffusion"
+    T_BINS = 10  # the loss is also logged per tenth of t, to show *where* a variant is better
 
     def __init__(self, t_sampling: str = "uniform", loss_terms: Sequence[str] = ("target", "eps", "x0"),
-                 sample_steps: int = 32):
+                 sample_steps: int = 32, sampler: str = "euler", guidance: float = 1.0, label_dropout: float = 0.0):
         self.t_sampling = t_sampling
         self.loss_terms = tuple(loss_terms)
         self.sample_steps = sample_steps
+        self.sampler, self.guidance, self.label_dropout = sampler, guidance, label_dropout
+
+    @property
+    def settings(self) -> dict:
+        return dict(t_sampling=self.t_sampling, loss_terms=self.loss_terms, sample_steps=self.sample_steps,
+                    sampler=self.sampler, guidance=self.guidance, label_dropout=self.label_dropout)
 
     def inputs(self, data: Dataset, device) -> PixelBatches:
         return PixelBatches(data.train.to(device), data.hflip)
@@ -66,29 +94,49 @@ class AlphaBlend:
         first, so data-parallel ranks see exactly what one process would."""
         eps = torch.randn_like(x0)[shard]
         t = self.draw_t(len(x0), x0.device)[shard]
+        if self.label_dropout and y is not None:  # drawn only when asked: p=0 trains exactly as before
+            y = torch.where(torch.rand(len(y), device=y.device) < self.label_dropout, NULL_CLASS, y)
         x0, y = x0[shard], (y[shard] if y is not None else None)
         tb = t.view(-1, *([1] * (x0.dim() - 1)))
         x_t = (1 - tb) * x0 + tb * eps
         v = model(x_t, t, y).float()
+        per_sample = (v - (x0 - eps)).square().flatten(1).mean(1)
+        bins = (t * self.T_BINS).long().clamp(max=self.T_BINS - 1)
+        by_t = torch.zeros(2, self.T_BINS, device=t.device)  # per bin: the summed loss, the number of samples
+        by_t[0].index_add_(0, bins, per_sample.detach())
+        by_t[1].index_add_(0, bins, torch.ones_like(per_sample))
         terms = {}
         if "target" in self.loss_terms:
-            terms["target"] = F.mse_loss(v, x0 - eps)
+            terms["target"] = per_sample.mean()
         if "eps" in self.loss_terms:  # the eps implied by v: x_t - (1-t)·v
             terms["eps"] = F.mse_loss(x_t - (1 - tb) * v, eps)
         if "x0" in self.loss_terms:  # the x0 implied by v: x_t + t·v
             terms["x0"] = F.mse_loss(x_t + tb * v, x0)
         if "ssim" in self.loss_terms:  # structure of the implied x0, not only its pixels
             terms["ssim"] = 1 - ssim(x_t + tb * v, x0)
-        return sum(terms.values()), {k: t.detach() for k, t in terms.items()}
+        return sum(terms.values()), {**{k: t.detach() for k, t in terms.items()}, "by_t": by_t}
+
+    def velocity(self, model, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+        """The model's v at (x, t), guided when guidance != 1: one batched call for both halves."""
+        t = t.expand(len(x))
+        if self.guidance == 1 or y is None:
+            return model(x, t, y).float()
+        v_class, v_null = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, NULL_CLASS)])
+                                ).float().chunk(2)
+        return v_null + self.guidance * (v_class - v_null)
 
     @torch.no_grad()
     def sample(self, model, noise: torch.Tensor, y: Optional[torch.Tensor], steps: Optional[int] = None) -> torch.Tensor:
+        """x at t=0 from noise at t=1; t stays on the device, so the loop makes no host sync."""
         steps = steps or self.sample_steps
         ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
         x = noise
         for i in range(steps):
-            v = model(x, ts[i].expand(len(x)), y).float()
-            x = x + (ts[i] - ts[i + 1]) * v
+            dt = ts[i] - ts[i + 1]
+            v = self.velocity(model, x, ts[i], y)
+            if self.sampler == "heun":  # the slope at the Euler step's end too, then their mean
+                v = (v + self.velocity(model, x + dt * v, ts[i + 1], y)) / 2
+            x = x + dt * v
         return x
 
     def preview_bank(self, data: Dataset, grid: int, generator: torch.Generator, device) -> dict:
@@ -136,7 +184,7 @@ class InLatentSpace(AlphaBlend):
     decoded back to pixels."""
 
     def __init__(self, diffusion: AlphaBlend, autoencoder: torch.nn.Module):
-        super().__init__(diffusion.t_sampling, diffusion.loss_terms, diffusion.sample_steps)
+        super().__init__(**diffusion.settings)
         self.autoencoder = autoencoder.eval().requires_grad_(False)
 
     def sample_shape(self, image_shape: Sequence[int]) -> Tuple[int, ...]:

@@ -15,7 +15,8 @@ MAY_CHANGE = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.resume", "trainer.device", "trainer.compile",
     "trainer.channels_last", "trainer.log_every", "trainer.sample_every", "trainer.sample_epochs",
     "trainer.sample_grid", "trainer.sample_seed", "trainer.ckpt_every", "trainer.keep_last", "optim.fused",
-    "schedule.sample_steps", "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.test_root",
+    "schedule.sample_steps", "schedule.sampler", "schedule.guidance", "dataset.root", "dataset.download",
+    "dataset.cache_dir", "dataset.test_root",
     "eval.*", "logger.*",
 )
 ABSENT = "(absent)"

@@ -1,7 +1,8 @@
-"""`python -m mindiff.sample ckpt=PATH n=1000 out=samples.npz [steps=32 seed=0 classes=null]`
+"""`python -m mindiff.sample ckpt=PATH n=1000 out=samples.npz [steps= sampler= guidance= seed=0 classes=null]`
 
 Writes `images` (uint8, N x C x H x W) and `labels` (int64, N; the classes the samples were
 conditioned on, cycling 0..9 unless `classes` lists some) to an .npz, or a grid if `out` is .png.
+steps, sampler (euler | heun) and guidance default to the run's own schedule settings.
 """
 
 import math
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from mindiff.build import from_checkpoint, read_checkpoint
-from mindiff.cli import run_command
+from mindiff.cli import run_command, sampling_overrides
 from mindiff.config import PRECISIONS, ConfigError, check_choice
 from mindiff.files import check_writable_file
 from mindiff.images import save_grid
@@ -25,6 +26,8 @@ class SampleArgs:
     n: int = 1000
     out: str = "samples.npz"
     steps: Optional[int] = None  # default: the run's schedule.sample_steps
+    sampler: Optional[str] = None  # default: the run's schedule.sampler
+    guidance: Optional[float] = None  # default: the run's schedule.guidance
     seed: int = 0
     classes: Optional[List[int]] = None  # cycle through these; default: all classes
     batch_size: int = 500
@@ -33,15 +36,16 @@ class SampleArgs:
 
 
 def sample(args: SampleArgs) -> dict:
-    if args.n <= 0 or args.batch_size <= 0 or (args.steps is not None and args.steps <= 0):
-        raise ConfigError("n, batch_size and steps must be > 0")
+    if args.n <= 0 or args.batch_size <= 0:
+        raise ConfigError("n and batch_size must be > 0")
+    schedule = sampling_overrides(args.steps, args.sampler, args.guidance)
     if not args.out.endswith((".npz", ".png")):
         raise ConfigError(f"out={args.out!r}: end it in .npz (arrays) or .png (a grid)")
     check_choice("precision", args.precision, PRECISIONS)
     device = pick_device(args.device, key="device")
     out = check_writable_file(args.out, "out")
     state = read_checkpoint(args.ckpt, kind="diffusion")
-    model, objective, cfg = from_checkpoint(state, args.ckpt, device)
+    model, objective, cfg = from_checkpoint(state, args.ckpt, device, schedule)
     num_classes = cfg.dataset.num_classes
     classes = torch.tensor(args.classes if args.classes else list(range(num_classes)), dtype=torch.long)
     if classes.min() < 0 or classes.max() >= num_classes:
@@ -49,7 +53,7 @@ def sample(args: SampleArgs) -> dict:
     labels = classes[torch.arange(args.n) % len(classes)]
     image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     with autocast(device, args.precision):
-        images = objective.generate(model, labels, image_shape, args.seed, args.batch_size, args.steps, progress=True)
+        images = objective.generate(model, labels, image_shape, args.seed, args.batch_size, progress=True)
     if out.suffix == ".png":
         save_grid(images, out, nrow=len(classes) if len(classes) > 1 else int(math.sqrt(args.n)))
     else:

@@ -19,20 +19,17 @@ from mindiff.cadence import epoch_actions
 from mindiff.checkpoint import CheckpointError, checkpoint_to_resume, prune_snapshots, save_checkpoint
 from mindiff.config import ConfigError, validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8
-from mindiff.errors import last_line, not_fatal
+from mindiff.errors import NonFiniteLoss, last_line, not_fatal
 from mindiff.files import check_writable_dir, lock_run_dir, save_text
 from mindiff.images import save_gif, save_grid
 from mindiff.metrics import Evaluator
+from mindiff.objectives import epoch_terms
 from mindiff.resume import check_position, check_same_data, check_same_run
 from mindiff.runtime import autocast, pick_device, rng_state, set_rng_state, side_effect_free
 from mindiff.signals import StopSignal
 from mindiff.tracking import RunInfo, Throughput, Tracker, choose_mode
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(FloatingPointError):
-    pass
 
 
 class Run:
@@ -98,17 +95,19 @@ class Run:
         skip = self.step - self.epoch * self.steps_per_epoch  # batches of this epoch done before a resume
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{tc.epochs}",
                    unit="step", dynamic_ncols=True, leave=False)
-        pending, self.losses, self.throughput = [], [], Throughput(tc.batch_size)
+        pending, self.losses, self.throughput, self.terms = [], [], Throughput(tc.batch_size), {}
         batches = epoch_batches(len(self.inputs), tc.batch_size, tc.seed, self.epoch, self.device)
         for idx in itertools.islice(batches, skip, None):
             x, y = self.inputs.batch(idx)
             with self.amp:
-                loss, _ = self.objective.loss(self.train_model, x, y, self.shard)
+                loss, terms = self.objective.loss(self.train_model, x, y, self.shard)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             self.step += 1
             pending.append(loss.detach())
+            for name, value in terms.items():  # summed on the device; read once, at the end of the pass
+                self.terms[name] = self.terms.get(name, 0) + value
             bar.update(1)
             if len(pending) == tc.log_every:
                 self.flush(pending)
@@ -149,8 +148,10 @@ class Run:
         self.epoch = act.epoch
         self.metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=self.epoch, steps=self.step,
                             images_per_s=images_per_s)
-        self.tracker.log({"epoch_time_s": seconds, "images_per_s": images_per_s,
-                          "epoch_loss": self.metrics["final_loss"], "epoch": self.epoch}, step=self.step)
+        record = {"epoch": self.epoch, "step": self.step, "loss": self.metrics["final_loss"],
+                  **epoch_terms(self.terms, len(losses))}  # a line of metrics.jsonl, with the scores if evaluated
+        self.tracker.log({"epoch_time_s": seconds, "images_per_s": images_per_s, "epoch_loss": record["loss"],
+                          **record}, step=self.step)
         log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", self.epoch, tc.epochs, self.step,
                  self.metrics["final_loss"], images_per_s, seconds)
         if not self.d.main:  # rank 0 alone writes
@@ -163,9 +164,11 @@ class Run:
                 self.write_samples(act.tag)
         if act.evaluate:
             with not_fatal(f"the evaluation at {act.tag}"):
-                self.evaluate(act.tag)
+                record.update(self.evaluate(act.tag))
             if act.run_ends:  # the final scores belong in the final checkpoint (a re-run sweep returns them)
                 self.write_checkpoint("last.pt")
+        with not_fatal("metrics.jsonl"), open(self.info.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def write_samples(self, tag: str) -> None:
         with side_effect_free(self.device), self.optimizer.averaged(self.model), self.amp:
@@ -173,7 +176,7 @@ class Run:
             path = save_grid(grid, self.samples_dir / f"{tag}.png", nrow=self.tc.sample_grid)
         self.tracker.log_image("samples", path, self.step, caption=tag)
 
-    def evaluate(self, tag: str) -> None:
+    def evaluate(self, tag: str) -> dict:
         ec = self.ec
         with side_effect_free(self.device):
             if self.evaluator is None:  # trains the scoring classifier the first time a dataset is seen
@@ -184,9 +187,8 @@ class Run:
         scores = {f"eval/{k}": v for k, v in scores.items()}
         self.tracker.log(scores, step=self.step)
         self.metrics.update(scores)
-        with open(self.info.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": self.epoch, "step": self.step, **scores}) + "\n")
         log.info("%s  %s", tag, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return scores
 
     def write_checkpoint(self, *names: str) -> None:
         with self.optimizer.averaged(self.model) as train_weights:

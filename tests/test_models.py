@@ -12,9 +12,9 @@ def test_mlp2_defaults_are_two_linear_layers_and_7_4M_parameters():
     model = instantiate(cfg.model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 2
-    # Linear(784+1+239 -> 4096) + LayerNorm(4096) + Linear(4096 -> 784) + Embedding(10, 239) + LayerNorm(239)
-    expected = (1024 * 4096 + 4096) + 2 * 4096 + (4096 * 784 + 784) + 10 * 239 + 2 * 239
-    assert sum(p.numel() for p in model.parameters()) == expected == 7_421_508
+    # Linear(784+1+239 -> 4096) + LayerNorm(4096) + Linear(4096 -> 784) + Embedding(10 + null, 239) + LayerNorm(239)
+    expected = (1024 * 4096 + 4096) + 2 * 4096 + (4096 * 784 + 784) + 11 * 239 + 2 * 239
+    assert sum(p.numel() for p in model.parameters()) == expected == 7_421_747
 
 
 def test_mlp2_starts_at_zero_and_uses_the_class():

@@ -33,10 +33,10 @@ def test_autoencoder_defaults_have_575_627_parameters():
 
 def test_conv_adaln_defaults_have_10_6M_parameters():
     model = ConvAdaLN(in_channels=8, classes=10)
-    cond = 10 * 256 + 2 * 256 + (257 * 256 + 256)  # Embedding, LayerNorm, Linear(1 + 256 -> 256)
+    cond = 11 * 256 + 2 * 256 + (257 * 256 + 256)  # Embedding (+ null class), LayerNorm, Linear(1 + 256 -> 256)
     block = 2 * 512 + 2 * conv3x3(256, 256) + (256 * 512 + 512)  # two GroupNorms, two convs, modulation
     expected = cond + conv3x3(8, 256) + 8 * block + 512 + conv3x3(256, 8)
-    assert count(model) == expected == 10_608_904
+    assert count(model) == expected == 10_609_160
     assert 10_400_000 <= count(model) <= 10_800_000
 
 

@@ -1,5 +1,6 @@
 """The real entrypoint in a subprocess: Hydra, the loop, checkpoints, grids and offline W&B files."""
 
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,9 @@ def test_smoke_run_writes_checkpoint_grid_video_and_offline_wandb_run(tmp_path, 
     assert (run / "samples" / "progress.gif").is_file()
     offline = list((run / "wandb").glob(f"offline-run-*-{state['wandb_run_id']}/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2] and {"loss/target", "loss/eps", "loss/x0"} <= set(epochs[-1])
+    assert sum(key.startswith("loss_by_t/") for key in epochs[-1]) == 10
 
 
 def test_max_steps_stops_mid_epoch_with_a_grid_and_a_checkpoint(tmp_path, train_cli):
@@ -106,7 +110,7 @@ def test_missing_mnist_offline_names_the_folder(tmp_path):
 
 
 def test_sampler_writes_npz_and_grid(tmp_path, train_cli):
-    train_cli("trainer.epochs=1", "logger.mode=disabled")
+    train_cli("trainer.epochs=1", "logger.mode=disabled", "schedule.label_dropout=0.2", "schedule.guidance=2.0")
     ckpt = tmp_path / "run/checkpoints/last.pt"
     run_cli("mindiff.sample", f"ckpt={ckpt}", "n=25", "out=s.npz", "steps=4", "batch_size=10", cwd=tmp_path)
     with np.load(tmp_path / "s.npz") as f:
@@ -117,6 +121,13 @@ def test_sampler_writes_npz_and_grid(tmp_path, train_cli):
     same = run_cli("mindiff.sample", f"ckpt={ckpt}", "n=25", "out=t.npz", "steps=4", cwd=tmp_path)
     with np.load(tmp_path / "s.npz") as a, np.load(tmp_path / "t.npz") as b:
         assert np.array_equal(a["images"], b["images"]), same.stderr  # seeded: batch size does not matter
+    for name, args in {"own.npz": [], "guided.npz": ["guidance=2"], "unguided.npz": ["guidance=1"],
+                       "heun.npz": ["sampler=heun"]}.items():
+        run_cli("mindiff.sample", f"ckpt={ckpt}", "n=10", f"out={name}", "steps=4", *args, cwd=tmp_path)
+    images = {name: np.load(tmp_path / name)["images"] for name in ("own.npz", "guided.npz", "unguided.npz", "heun.npz")}
+    assert np.array_equal(images["own.npz"], images["guided.npz"])  # the run's own guidance unless told otherwise
+    assert not np.array_equal(images["own.npz"], images["unguided.npz"])
+    assert not np.array_equal(images["own.npz"], images["heun.npz"])
 
 
 def test_sampler_refuses_a_file_that_is_not_a_checkpoint(tmp_path):

@@ -6,7 +6,8 @@
     ConvAdaNorm(h, c): GroupNorm -> Conv3x3 -> h * (1 + scale) + shift -> Mish -> GroupNorm -> Conv3x3 (zero-init),
                        residual add; scale, shift = Linear(c) (zero-init)
 
-At the defaults with classes=10 and in_channels=8: 10,608,904 parameters.
+At the defaults with classes=10 (+ the null class of classifier-free guidance) and in_channels=8:
+10,609,160 parameters.
 """
 
 from typing import Optional
@@ -14,6 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from mindiff.models.class_embedding import ClassEmbedding
 from mindiff.models.mish import Mish
 
 
@@ -47,7 +49,7 @@ class ConvAdaLN(nn.Module):
         self.in_channels = in_channels
         self.classes = classes
         if classes is not None:
-            self.class_embed = nn.Sequential(nn.Embedding(classes, class_embed_dim), nn.LayerNorm(class_embed_dim))
+            self.class_embed = ClassEmbedding(classes, class_embed_dim)
         cond_in = 1 + (class_embed_dim if classes is not None else 0)
         self.cond = nn.Sequential(nn.Linear(cond_in, hidden), Mish())
         self.conv_in = nn.Conv2d(in_channels, hidden, 3, padding=1)

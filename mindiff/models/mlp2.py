@@ -1,6 +1,8 @@
 """The MNIST toy: two Linear layers and a class embedding.
 
     concat(x_flat, t, LayerNorm(Embedding(class))) -> Linear -> Mish -> LayerNorm -> Linear (zero-init)
+
+The embedding has one row more than the classes: the null class of classifier-free guidance.
 """
 
 import math
@@ -9,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from mindiff.models.class_embedding import ClassEmbedding
 from mindiff.models.mish import Mish
 
 
@@ -20,7 +23,7 @@ class MLP2(nn.Module):
         pixels = math.prod(self.image_shape)
         self.classes = classes
         if classes is not None:
-            self.class_embed = nn.Sequential(nn.Embedding(classes, class_embed_dim), nn.LayerNorm(class_embed_dim))
+            self.class_embed = ClassEmbedding(classes, class_embed_dim)
         in_dim = pixels + 1 + (class_embed_dim if classes is not None else 0)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.act = Mish()
