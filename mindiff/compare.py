@@ -1,9 +1,11 @@
-"""`python -m mindiff.compare DIR [epochs=[N,...]] [out=PREFIX]`
+"""`python -m mindiff.compare DIR [epochs=[N,...]] [rank_by=METRIC [ascending=false]] [out=PREFIX]`
 
 Side by side, for the runs of a multirun dir: one image with a column per run, headed by what
 that run changed, showing its last sample grid (or one column per run and epoch, with
 `epochs`: a single run's progress); and a table of each run's final metrics as Markdown and
-CSV. Writes PREFIX.png, PREFIX.md, PREFIX.csv (default: DIR/compare).
+CSV. Writes PREFIX.png, PREFIX.md, PREFIX.csv (default: DIR/compare). With `rank_by` (a metric of
+metrics.json, e.g. eval/class_accuracy), the columns and rows are ordered best first: highest first,
+or lowest with ascending=true (for eval/fld); runs without that metric come last.
 """
 
 import csv
@@ -28,6 +30,8 @@ HEADER_FONT_SIZE = 14
 class CompareArgs:
     dir: str
     epochs: Optional[List[int]] = None  # default: each run's last grid
+    rank_by: Optional[str] = None  # a final metric, e.g. eval/class_accuracy: best run first
+    ascending: bool = False  # rank_by's best is its lowest value (eval/fld, final_loss)
     out: Optional[str] = None
 
 
@@ -76,6 +80,12 @@ def compare(args: CompareArgs) -> dict:
         raise ConfigError(f"{sweep_dir} holds no runs (folders with .hydra/overrides.yaml)")
     prefix = Path(args.out) if args.out else sweep_dir / "compare"
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    if args.rank_by:
+        if not any(args.rank_by in r.metrics for r in runs):
+            raise ConfigError(f"rank_by={args.rank_by}: no run in {sweep_dir} has that metric (its metrics.json)")
+        ranked = sorted((r for r in runs if args.rank_by in r.metrics), key=lambda r: r.metrics[args.rank_by],
+                        reverse=not args.ascending)
+        runs = ranked + [r for r in runs if args.rank_by not in r.metrics]
     common = common_overrides(runs)
     columns = []
     for run in runs:

@@ -39,7 +39,7 @@ AlphaBlendConfig = schema("AlphaBlendConfig", _target_=str, t_sampling=str, loss
 ReconstructionConfig = schema("ReconstructionConfig", _target_=str, ssim_weight=float, eval_images=int)
 
 OptimConfig = schema("OptimConfig", _target_=str, algorithm=str, lr=float, betas=List[float], weight_decay=float,
-                     warmup_steps=int, decay=str, min_lr=float, fused=bool)
+                     warmup_steps=int, decay=str, min_lr=float, fused=bool, ema=Optional[float])
 TrainerConfig = schema("TrainerConfig", epochs=int, batch_size=int, max_steps=Optional[int], device=str, precision=str,
                        channels_last=bool, compile=bool, seed=int, sample_every=int, sample_epochs=List[int],
                        sample_grid=int, sample_seed=int, ckpt_every=int, keep_last=Optional[int], log_every=int,
@@ -171,6 +171,9 @@ def validate(cfg: DictConfig) -> None:
     fraction = get("dataset", "test_fraction")
     if fraction is not None and not 0 < fraction < 1:
         raise ConfigError(f"dataset.test_fraction={fraction} must be between 0 and 1")
+    ema = get("optim", "ema")
+    if ema is not None and not 0 < ema < 1:
+        raise ConfigError(f"optim.ema={ema} must be a decay in (0, 1), e.g. 0.999, or null for no EMA")
     dropout = get("schedule", "label_dropout")
     if dropout is not None and not 0 <= dropout < 1:
         raise ConfigError(f"schedule.label_dropout={dropout} must be in [0, 1): the share of labels replaced by "

@@ -73,10 +73,16 @@ class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
 
 
 class Optimizer:
+    """`ema`: also keep an exponential moving average of the trained weights (decay `ema`, warmed up as
+    min(ema, (1 + n) / (10 + n)) at step n), and sample, evaluate and save with it instead."""
+
     def __init__(self, params: Iterable[torch.nn.Parameter], total_steps: int, algorithm: str = "schedulefree_adamw",
                  lr: float = 2e-3, betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.01,
-                 warmup_steps: int = 0, decay: str = "none", min_lr: float = 0.0, fused: bool = False):
-        betas = tuple(betas)
+                 warmup_steps: int = 0, decay: str = "none", min_lr: float = 0.0, fused: bool = False,
+                 ema: Optional[float] = None):
+        betas, params = tuple(betas), list(params)
+        self.params, self.ema_decay, self.ema_steps = params, ema, 0
+        self.ema = [p.detach().clone() for p in params] if ema else None
         self.schedule_free = algorithm == "schedulefree_adamw"
         if self.schedule_free:  # warms up by itself
             kind = FusedAdamWScheduleFree if fused else schedulefree.AdamWScheduleFree
@@ -105,6 +111,10 @@ class Optimizer:
     def step(self) -> None:
         self.opt.step()
         self.lr_schedule.step()
+        if self.ema is not None:
+            self.ema_steps += 1
+            decay = min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
 
     @property
     def lr(self) -> float:
@@ -112,30 +122,38 @@ class Optimizer:
 
     @contextmanager
     def averaged(self, model: torch.nn.Module) -> Iterator[Optional[dict]]:
-        """Inside: the model holds the weights to sample, evaluate and save with. Yields the
-        training weights (`y`) when they differ from those, else None."""
+        """Inside: the model holds the weights to sample, evaluate and save with (the EMA, else
+        schedule-free's average x). Yields the training weights when they differ from those, else None."""
         model.eval()
-        if not self.schedule_free:
+        if not self.schedule_free and self.ema is None:
             try:
                 yield None
             finally:
                 model.train()
             return
         train_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.opt.eval()
+        if self.ema is not None:
+            torch._foreach_copy_([p.detach() for p in self.params], self.ema)
+        else:
+            self.opt.eval()
         try:
             yield train_weights
         finally:
-            self.opt.train()
+            if self.ema is None:
+                self.opt.train()
             model.load_state_dict(train_weights)
             model.train()
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.opt.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
+        ema = {"ema": self.ema, "ema_steps": self.ema_steps} if self.ema is not None else {}
+        return {"optimizer": self.opt.state_dict(), "lr_schedule": self.lr_schedule.state_dict(), **ema}
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if self.ema is not None:
+            torch._foreach_copy_(self.ema, state["ema"])
+            self.ema_steps = state["ema_steps"]
         if self.schedule_free:
             for group in self.opt.param_groups:  # saved in eval mode inside `averaged`; we train now
                 group["train_mode"] = True

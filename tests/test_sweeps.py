@@ -42,6 +42,9 @@ def test_sweep_files_fix_what_they_compare():
     progress = compose_sweep("cifar_ldm_progress")
     assert list(progress.trainer.sample_epochs) == [100, 500, 1000, 5000] and progress.trainer.epochs == 5000
     assert progress.model._target_.endswith("ConvAdaLN")
+    quality = compose_sweep("mnist_quality")
+    assert quality.schedule.label_dropout == 0.1 and quality.trainer.precision == "bf16"  # experiment=mnist_quality
+    assert set(quality.hydra.sweeper.params) == {"schedule.guidance", "schedule.sampler", "optim.ema"}
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("wandb/*.yaml")), ids=lambda p: p.name)
@@ -109,6 +112,13 @@ def test_compare_writes_a_side_by_side_image_and_tables(tmp_path):
     run_cli("mindiff.compare", f"dir={next((tmp_path / 'sw').glob('0_*'))}", "epochs=[1,2]", "out=progress",
             cwd=tmp_path)
     assert Image.open(tmp_path / "progress.png").width > 2 * grid.width
+    losses = sorted(float(r["final_loss"]) for r in rows)
+    for ascending, expected in (("true", losses), ("false", losses[::-1])):
+        run_cli("mindiff.compare", "sw", "rank_by=final_loss", f"ascending={ascending}", "out=ranked", cwd=tmp_path)
+        with open(tmp_path / "ranked.csv") as f:
+            assert [float(r["final_loss"]) for r in csv.DictReader(f)] == expected
+    proc = run_cli("mindiff.compare", "sw", "rank_by=eval/nothing", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "rank_by=eval/nothing: no run" in proc.stderr
 
 
 def test_compare_on_a_missing_folder_is_one_line(tmp_path):

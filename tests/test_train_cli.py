@@ -72,6 +72,7 @@ def weights(path):
     (5, []),  # mid-epoch
     (8, []),  # exactly at an epoch's end
     (5, ["optim.fused=true", "trainer.compile=true"]),  # the compiled speed knobs keep the guarantee
+    (5, ["optim.ema=0.9"]),  # the EMA is saved and restored with the optimizer
 ])
 def test_resume_after_a_stop_ends_with_bit_identical_weights(tmp_path, train_cli, stop_at, knobs):
     common = ["trainer.epochs=3", "trainer.sample_every=1", "logger.mode=disabled", *knobs]
