@@ -7,6 +7,7 @@ Value ranges that a type cannot express, and keys left `???`, are checked by `va
 """
 
 import math
+from pathlib import Path
 from dataclasses import field, make_dataclass
 from typing import Any, List, Optional
 
@@ -14,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mindiff.errors import UserError, first_line
+
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the config groups' YAML files
 
 
 def schema(name: str, *bases: type, **types: Any) -> type:
@@ -44,8 +47,9 @@ TrainerConfig = schema("TrainerConfig", epochs=int, batch_size=int, max_steps=Op
                        channels_last=bool, compile=bool, seed=int, sample_every=int, sample_epochs=List[int],
                        sample_grid=int, sample_seed=int, ckpt_every=int, keep_last=Optional[int], log_every=int,
                        resume=Optional[str])
-EvalConfig = schema("EvalConfig", every=Optional[int], n=int, seed=int, classifier_epochs=int, fid=bool,
-                    inception_weights=Optional[str], cache_dir=str, objective=str)
+EvalConfig = schema("EvalConfig", every=Optional[int], n=int, seed=int, classifier_epochs=int,
+                    min_classifier_accuracy=float, fid=bool, inception_weights=Optional[str], cache_dir=str,
+                    objective=str)
 LoggerConfig = schema("LoggerConfig", mode=str, project=str, entity=Optional[str], group=Optional[str], tags=List[str],
                       log_checkpoints=bool)
 
@@ -174,6 +178,9 @@ def validate(cfg: DictConfig) -> None:
     ema = get("optim", "ema")
     if ema is not None and not 0 < ema < 1:
         raise ConfigError(f"optim.ema={ema} must be a decay in (0, 1), e.g. 0.999, or null for no EMA")
+    floor = get("eval", "min_classifier_accuracy")
+    if floor is not None and not 0 <= floor <= 1:
+        raise ConfigError(f"eval.min_classifier_accuracy={floor} must be in [0, 1]: a held-out accuracy (0: no floor)")
     dropout = get("schedule", "label_dropout")
     if dropout is not None and not 0 <= dropout < 1:
         raise ConfigError(f"schedule.label_dropout={dropout} must be in [0, 1): the share of labels replaced by "

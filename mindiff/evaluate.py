@@ -5,6 +5,7 @@ for a denoiser, class accuracy of n class-conditional samples and their Fréchet
 features of mindiff's evaluation classifier (with the real-data floor beside it, and the
 classifier's own held-out accuracy); for an autoencoder, PSNR/SSIM and the feature distance of
 reconstructions. `dataset_root=DIR` points at the data when it has moved since training.
+`steps`, `sampler`, `guidance`, `classifier_epochs` and `min_classifier_accuracy` default to the run's own.
 """
 
 import json
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 
 from mindiff.build import build, from_checkpoint, read_checkpoint
 from mindiff.cli import run_command, sampling_overrides
-from mindiff.config import PRECISIONS, ConfigError, check_choice
+from mindiff.config import CONF, PRECISIONS, ConfigError, check_choice
 from mindiff.files import check_writable_dir, check_writable_file, save_text
 from mindiff.metrics import Evaluator
 from mindiff.runtime import autocast, pick_device
@@ -33,12 +34,23 @@ class EvaluateArgs:
     guidance: Optional[float] = None
     seed: int = 0
     dataset_root: Optional[str] = None
-    classifier_epochs: int = 3
+    classifier_epochs: Optional[int] = None  # these two: default the run's own eval settings
+    min_classifier_accuracy: Optional[float] = None
     fid: bool = False
     inception_weights: Optional[str] = None
     cache_dir: str = field(default_factory=lambda: os.environ.get("MINDIFF_CACHE", "~/.cache/mindiff"))
     device: str = "auto"
     precision: str = "fp32"
+
+
+def run_eval_setting(cfg, key: str, given):
+    """The value given on the command line, else the run's own `eval.<key>`, else (a run from before the
+    key existed) conf/eval/default.yaml's."""
+    if given is not None:
+        return given
+    if key in cfg.get("eval", {}):
+        return cfg.eval[key]
+    return OmegaConf.load(CONF / "eval" / "default.yaml")[key]
 
 
 def evaluate(args: EvaluateArgs) -> dict:
@@ -57,7 +69,9 @@ def evaluate(args: EvaluateArgs) -> dict:
     if "download" in dataset_cfg:  # evaluation never downloads
         dataset_cfg["download"] = False
     data = build(dataset_cfg, "dataset", args.ckpt)
-    evaluator = Evaluator(data, device, args.cache_dir, args.classifier_epochs, args.inception_weights, args.fid)
+    evaluator = Evaluator(data, device, args.cache_dir, run_eval_setting(cfg, "classifier_epochs", args.classifier_epochs),
+                          args.inception_weights, args.fid,
+                          run_eval_setting(cfg, "min_classifier_accuracy", args.min_classifier_accuracy))
     with autocast(device, args.precision):
         scores = objective.evaluate(model, data, evaluator, args.n, args.seed)
     result = {"ckpt": str(args.ckpt), "kind": state.get("kind"), "epoch": state["epoch"], "n": args.n, **scores}

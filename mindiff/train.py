@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import mindiff.config  # noqa: F401  (registers the schemas)
+from mindiff.config import CONF
 from mindiff import errors
 from mindiff.cli import exit_on_user_error, user_error
 from mindiff.distributed import Dist, from_environment
@@ -27,7 +28,6 @@ from mindiff.tracking import RunInfo
 from mindiff.trainer import train
 
 log = logging.getLogger(__name__)
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def composition_error(e: BaseException) -> str:

@@ -181,7 +181,7 @@ class Run:
         with side_effect_free(self.device):
             if self.evaluator is None:  # trains the scoring classifier the first time a dataset is seen
                 self.evaluator = Evaluator(self.data, self.device, ec.cache_dir, ec.classifier_epochs,
-                                           ec.inception_weights, ec.fid)
+                                           ec.inception_weights, ec.fid, ec.min_classifier_accuracy)
         with side_effect_free(self.device), self.optimizer.averaged(self.model), self.amp:
             scores = self.objective.evaluate(self.model, self.data, self.evaluator, ec.n, ec.seed)
         scores = {f"eval/{k}": v for k, v in scores.items()}
