@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Type, TypeVar
 
 from omegaconf import OmegaConf
 
-from mindiff.config import ConfigError
+from mindiff.config import SAMPLERS, ConfigError, check_choice
 from mindiff.errors import UserError, first_line
 
 
@@ -33,15 +33,12 @@ def exit_on_user_error(prog: str):
         sys.exit(2)
 
 
-SAMPLERS = ("euler", "heun")
-
-
 def sampling_overrides(steps: Optional[int], sampler: Optional[str], guidance: Optional[float]) -> dict:
     """A sampling CLI's steps/sampler/guidance as schedule settings; those not given keep the run's own."""
     if steps is not None and steps <= 0:
         raise ConfigError(f"steps={steps} must be > 0")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ConfigError(f"sampler={sampler!r} is not allowed; choose one of {', '.join(SAMPLERS)}")
+    if sampler is not None:
+        check_choice("sampler", sampler, SAMPLERS)
     if guidance is not None and not guidance >= 0:
         raise ConfigError(f"guidance={guidance} must be >= 0 (1: no guidance)")
     given = {"sample_steps": steps, "sampler": sampler, "guidance": guidance}

@@ -75,6 +75,7 @@ def register_schemas() -> None:
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+SAMPLERS = ("euler", "heun")
 CHOICES = {
     ("trainer", "device"): DEVICES,
     ("trainer", "precision"): PRECISIONS,
@@ -82,7 +83,7 @@ CHOICES = {
     ("optim", "algorithm"): ("schedulefree_adamw", "adamw"),
     ("optim", "decay"): ("none", "cosine"),
     ("schedule", "t_sampling"): ("uniform", "logit_normal"),
-    ("schedule", "sampler"): ("euler", "heun"),
+    ("schedule", "sampler"): SAMPLERS,
 }
 POSITIVE = [
     ("trainer", "epochs"), ("trainer", "batch_size"), ("trainer", "max_steps"),
