@@ -4,31 +4,35 @@ Times mindiff's trainer against a plain PyTorch loop written the way reference s
 (torchvision dataset with ToTensor/Normalize per item, a DataLoader, fp32, the same model, batch
 and optimizer) in the same run, and prints images/s, the ratio, achieved GFLOP/s against this
 machine's matmul peak (fp32 and bf16, measured in the same run) and peak memory. mindiff runs
-each precision as configured and again with the speed knobs in `tuned`. Both loops run
-WARMUP_STEPS untimed steps first, then `steps` timed ones. Each measurement runs in a fresh
-process, so peak memory is its own. Data: `data=DIR` (default $MINDIFF_DATA or ../shared/data)
+each precision as configured and again with the speed knobs in `tuned`, each measurement in a
+fresh process (mindiff/bench_runs.py). Data: `data=DIR` (default $MINDIFF_DATA or ../shared/data)
 holding MNIST/raw and cifar10-jpeg/train.
+
+`python -m mindiff.bench suite=gpu`: the same table on a GPU against the reference loop as its author
+runs it there (a DataLoader with min(16, cores) workers, pinned memory, fp32), mindiff as configured
+and with trainer.speed=auto, then a 30-epoch MNIST toy run through the trainer, timed end to end. Where
+there is no GPU it says so in one line and exits 2.
 """
 
+import dataclasses
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
+from mindiff.bench_runs import (RUN_EPOCHS, device_name, in_fresh_process, matmul_peak, mnist_run_wall_time,
+                                run_baseline, run_mindiff, run_sampling)
 from mindiff.cli import run_command
-from mindiff.config import ConfigError
+from mindiff.config import ConfigError, check_choice
 from mindiff.files import save_text
 
 CASES = ("mnist", "ae", "ldm", "sample")
-WARMUP_STEPS = 10  # untimed: they pay one-off costs (compiling, kernel selection, optimizer state, workers)
+GPU_STEPS = 300  # timed steps per row on a GPU: at ~1M img/s a row still takes a measurable time
 
 
 @dataclass
@@ -43,152 +47,14 @@ class BenchArgs:
     overrides: List[str] = field(default_factory=list)  # for all of mindiff's runs, e.g. [trainer.channels_last=true]
     # the speed knobs, timed as extra rows (empty: none)
     tuned: List[str] = field(default_factory=lambda: ["optim.fused=true", "trainer.compile=true"])
-
-
-def overrides_for(case: str, data: str, workdir: Path) -> List[str]:
-    cifar = ["dataset=image_folder", f"dataset.root={data}/cifar10-jpeg/train", "dataset.hflip=true"]
-    if case in ("mnist", "sample"):
-        return [f"dataset.root={data}", "dataset.download=false"]
-    if case == "ae":
-        return ["experiment=cifar_ae", *cifar]
-    return ["experiment=cifar_ldm", *cifar, f"autoencoder.ckpt={workdir / 'ae' / 'checkpoints' / 'last.pt'}"]
-
-
-def compose(overrides: List[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    import mindiff.config  # noqa: F401
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def train_flops_per_image(cfg, device) -> float:
-    """FLOPs of one forward+backward of the model per image, counted by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mindiff.build import build, input_shape, plain
-    model = build(plain(cfg)["model"], "model").to(device)
-    shape = input_shape(cfg.autoencoder.ckpt, cfg.dataset.channels, cfg.dataset.image_size)
-    x, t, y = torch.randn(8, *shape, device=device), torch.rand(8, device=device), torch.zeros(8, dtype=torch.long,
-                                                                                               device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t, y).float().square().mean().backward()  # every mindiff model is called as model(x, t, y)
-    return counter.get_total_flops() / 8
-
-
-def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, workdir: str,
-                overrides: List[str] = (), variant: str = "mindiff") -> dict:
-    """mindiff's own trainer, as `python -m mindiff.train` runs it, stopped after WARMUP_STEPS + `steps`
-    steps; its images/s counts the steps after its first loss log, which comes after WARMUP_STEPS."""
-    from mindiff.tracking import RunInfo
-    from mindiff.trainer import train
-    workdir = Path(workdir)
-    cfg = compose([*overrides_for(case, data, workdir), f"trainer.max_steps={WARMUP_STEPS + steps}",
-                   f"trainer.precision={precision}", f"trainer.device={device}", "logger.mode=disabled",
-                   "eval.every=null", "trainer.sample_grid=2", f"trainer.log_every={WARMUP_STEPS}", *overrides])
-    metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}-{variant}", case))
-    return {"images_per_s": metrics["images_per_s"], "peak_rss_mb": peak_rss_mb(),
-            "flops_per_image": train_flops_per_image(cfg, device)}
-
-
-def run_baseline(case: str, steps: int, data: str, device: str, workdir: str) -> dict:
-    """The plain loop: per-item ToTensor/Normalize through a DataLoader, fp32, the same model, batch,
-    optimizer and loss."""
-    import schedulefree
-    import torchvision
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader
-
-    from mindiff.build import autoencoder_model, build, load_autoencoder, objective_for, plain
-    cfg = compose(overrides_for(case, data, Path(workdir)))
-    resolved = plain(cfg)
-    channels = cfg.dataset.channels
-    normalize = T.Normalize([0.5] * channels, [0.5] * channels)
-    if case == "mnist":
-        ds = torchvision.datasets.MNIST(data, train=True, transform=T.Compose([T.ToTensor(), normalize]))
-    else:
-        ds = torchvision.datasets.ImageFolder(f"{data}/cifar10-jpeg/train", transform=T.Compose(
-            [T.RandomHorizontalFlip(), T.ToTensor(), normalize]))
-    loader = DataLoader(ds, batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True)
-    model = build(resolved["model"], "model").to(device)
-    ckpt = cfg.autoencoder.ckpt
-    encoder = autoencoder_model(load_autoencoder(ckpt), ckpt).to(device) if case == "ldm" else None
-    opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                         weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps)
-    opt.train()
-    objective = objective_for(resolved["schedule"])  # the same loss as mindiff's, so only the loop differs
-    n, start = 0, None
-    for i, (x, y) in enumerate(loader):
-        if i == WARMUP_STEPS:
-            sync(device)
-            start, n = time.perf_counter(), 0
-        x, y = x.to(device), y.to(device)
-        if encoder is not None:  # a plain latent script encodes every batch
-            with torch.no_grad():
-                x = encoder.encode(x)
-        loss, _ = objective.loss(model, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()  # as a reference script's logging does
-        n += len(x)
-        if i == WARMUP_STEPS + steps - 1:
-            break
-    sync(device)
-    return {"images_per_s": n / (time.perf_counter() - start), "peak_rss_mb": peak_rss_mb()}
-
-
-def run_sampling(precision: str, data: str, device: str, workdir: str, grid: int = 16) -> dict:
-    """ms per Euler step for a grid x grid sample grid of the MNIST toy; on a GPU it also proves the loop
-    has no host sync."""
-    from mindiff.build import build, plain
-    from mindiff.runtime import autocast
-    resolved = plain(compose(overrides_for("sample", data, Path(workdir))))
-    model = build(resolved["model"], "model").to(device).eval()
-    objective = build(resolved["schedule"], "schedule")
-    noise = torch.randn(grid * grid, 1, 28, 28, device=device)
-    labels = torch.arange(grid * grid, device=device) % 10
-    cuda = torch.device(device).type == "cuda"
-    with autocast(torch.device(device), precision):
-        objective.sample(model, noise, labels, steps=2)
-        sync(device)
-        start = time.perf_counter()
-        if cuda:  # a host sync inside the Euler loop raises here
-            torch.cuda.set_sync_debug_mode("error")
-        objective.sample(model, noise, labels, steps=32)
-        if cuda:
-            torch.cuda.set_sync_debug_mode("default")
-        sync(device)
-    return {"ms_per_euler_step": (time.perf_counter() - start) / 32 * 1000, "peak_rss_mb": peak_rss_mb()}
-
-
-def in_fresh_process(fn, *args) -> dict:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    workers: int = 0  # the plain loop's DataLoader workers (with pinned memory on a GPU)
+    suite: str = "cpu"  # cpu | gpu
 
 
 def bench(args: BenchArgs) -> dict:
+    check_choice("suite", args.suite, ("cpu", "gpu"))
+    if args.suite == "gpu":
+        return gpu_suite(args)
     unknown = set(args.cases) - set(CASES)
     if unknown:
         raise ConfigError(f"cases has {sorted(unknown)}; choose from {', '.join(CASES)}")
@@ -197,7 +63,7 @@ def bench(args: BenchArgs) -> dict:
     from mindiff.runtime import pick_device
     device = pick_device(args.device, key="device").type
     peaks = {p: matmul_peak(device, torch.bfloat16 if p == "bf16" else torch.float32) for p in ("fp32", "bf16")}
-    print(f"device {device}; matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"device {device_name(device)}; matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         if "ldm" in args.cases:  # the latent case needs an autoencoder checkpoint: a one-step AE run writes one
@@ -211,10 +77,11 @@ def bench(args: BenchArgs) -> dict:
                     print(f"{'sample':>6} {precision}: {r['ms_per_euler_step']:.1f} ms per Euler step "
                           f"(16x16 grid), peak {r['peak_rss_mb']:.0f} MB")
                 continue
-            base = in_fresh_process(run_baseline, case, args.steps, args.data, device, workdir) if args.baseline else None
+            base = (in_fresh_process(run_baseline, case, args.steps, args.data, device, workdir, args.workers)
+                    if args.baseline else None)
             if base:
                 rows.append({"case": case, "impl": "baseline", "precision": "fp32", **base})
-                print(f"{case:>6} {'baseline':<8} fp32: {base['images_per_s']:8.0f} img/s, peak {base['peak_rss_mb']:.0f} MB")
+                print(f"{case:>6} {'baseline':<8} fp32 ({args.workers} workers): {base['images_per_s']:8.0f} img/s, peak {base['peak_rss_mb']:.0f} MB")
             variants = {"mindiff": args.overrides, **({"+tuned": [*args.overrides, *args.tuned]} if args.tuned else {})}
             for precision in args.precisions:
                 for impl, overrides in variants.items():
@@ -232,8 +99,25 @@ def bench(args: BenchArgs) -> dict:
                           f"peak {r['peak_rss_mb']:.0f} MB")
             if args.tuned:
                 print(f"{'':>6} +tuned = {' '.join(args.tuned)}")
-    result = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "matmul_peak_gflop_s": peaks, "steps": args.steps, "rows": rows}
+    if args.out:
+        save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
+    return result
+
+
+def gpu_suite(args) -> dict:
+    if not torch.cuda.is_available():
+        raise ConfigError("suite=gpu needs a CUDA GPU and this machine has none (torch.cuda.is_available() is "
+                          "False); run the CPU suite without suite=gpu")
+    workers = min(16, os.cpu_count() or 1)
+    table = bench(dataclasses.replace(args, suite="cpu", device="cuda", steps=max(args.steps, GPU_STEPS),
+                                      workers=workers, tuned=["trainer.speed=auto"], out=None))
+    with tempfile.TemporaryDirectory() as workdir:
+        run = in_fresh_process(mnist_run_wall_time, args.data, workdir)
+    print(f"MNIST toy, {RUN_EPOCHS} epochs through the trainer (speed=auto, bf16, grids and checkpoints, no eval): "
+          f"{run['wall_s']:.1f} s wall, {run['images_per_s_last_epoch']:.0f} img/s in its last epoch")
+    result = {**table, "suite": "gpu", "baseline_workers": workers, "mnist_30_epochs": run}
     if args.out:
         save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
     return result

@@ -91,7 +91,7 @@ def check_config(config, source: Optional[str] = None) -> None:
         if not isinstance(key, str) or key.startswith("_"):
             raise _refused(source, f"{key} is not allowed: keys such as _target_ and _args_ name code to run")
         if key in ALLOWED:
-            check_node(node, key, source, supplied=("params", "total_steps") if key == "optim" else ())
+            check_node(node, key, source, supplied=("params", "total_steps", "capturable") if key == "optim" else ())
         else:
             _check_plain(node, key, source)
 

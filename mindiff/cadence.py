@@ -18,17 +18,19 @@ class EpochActions:
 
 def epoch_actions(epoch: int, step: int, steps_per_epoch: int, *, epochs: int, sample_every: int,
                   sample_epochs: Container[int], ckpt_every: int, eval_every: Optional[int], stopped: bool = False,
-                  signalled: bool = False) -> EpochActions:
+                  signalled: bool = False, eval_at_max_steps: bool = False) -> EpochActions:
     """What the end of a pass over the data does. The pass began in `epoch` (0-based) and ended at `step`:
     at the end of that epoch, or before it if `stopped` by max_steps or, `signalled`, by a signal.
-    The run ends at its last epoch or at max_steps, with a grid and an evaluation; a signal ends the
-    process, not the run: a resume continues it."""
+    The run ends at its last epoch or at max_steps, with a grid and an evaluation (at max_steps, a
+    smoke run's stop, only `eval_at_max_steps`); a signal ends the process, not the run: a resume continues it."""
     done = step == (epoch + 1) * steps_per_epoch
     epoch += int(done)
     asked_for = done and epoch in sample_epochs
-    run_ends = epoch == epochs or (stopped and not signalled)
+    finished = epoch == epochs
+    run_ends = finished or (stopped and not signalled)
     return EpochActions(epoch=epoch, tag=f"epoch_{epoch:04d}" if done else f"step_{step:06d}",
                         snapshot=asked_for or (done and epoch % ckpt_every == 0),
                         samples=run_ends or asked_for or (done and epoch % sample_every == 0),
-                        evaluate=bool(eval_every) and (run_ends or (done and epoch % eval_every == 0)),
+                        evaluate=bool(eval_every) and ((run_ends and (finished or eval_at_max_steps))
+                                                       or (done and epoch % eval_every == 0)),
                         run_ends=run_ends)

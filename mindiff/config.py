@@ -44,11 +44,11 @@ ReconstructionConfig = schema("ReconstructionConfig", _target_=str, ssim_weight=
 OptimConfig = schema("OptimConfig", _target_=str, algorithm=str, lr=float, betas=List[float], weight_decay=float,
                      warmup_steps=int, decay=str, min_lr=float, fused=bool, ema=Optional[float])
 TrainerConfig = schema("TrainerConfig", epochs=int, batch_size=int, max_steps=Optional[int], device=str, precision=str,
-                       channels_last=bool, compile=bool, seed=int, sample_every=int, sample_epochs=List[int],
-                       sample_grid=int, sample_seed=int, ckpt_every=int, keep_last=Optional[int], log_every=int,
-                       resume=Optional[str])
-EvalConfig = schema("EvalConfig", every=Optional[int], n=int, seed=int, classifier_epochs=int,
-                    min_classifier_accuracy=float, fid=bool, inception_weights=Optional[str], cache_dir=str,
+                       channels_last=bool, compile=bool, speed=str, cuda_graph=bool, tf32=bool, seed=int,
+                       sample_every=int, sample_epochs=List[int], sample_grid=int, sample_seed=int, ckpt_every=int,
+                       keep_last=Optional[int], log_every=int, resume=Optional[str])
+EvalConfig = schema("EvalConfig", every=Optional[int], at_max_steps=bool, n=int, seed=int, classifier_epochs=int,
+                    min_classifier_accuracy=Optional[float], fid=bool, inception_weights=Optional[str], cache_dir=str,
                     objective=str)
 LoggerConfig = schema("LoggerConfig", mode=str, project=str, entity=Optional[str], group=Optional[str], tags=List[str],
                       log_checkpoints=bool)
@@ -79,6 +79,7 @@ SAMPLERS = ("euler", "heun")
 CHOICES = {
     ("trainer", "device"): DEVICES,
     ("trainer", "precision"): PRECISIONS,
+    ("trainer", "speed"): ("manual", "auto"),
     ("logger", "mode"): ("auto", "online", "offline", "disabled"),
     ("optim", "algorithm"): ("schedulefree_adamw", "adamw"),
     ("optim", "decay"): ("none", "cosine"),

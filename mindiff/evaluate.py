@@ -20,7 +20,7 @@ from mindiff.build import build, from_checkpoint, read_checkpoint
 from mindiff.cli import run_command, sampling_overrides
 from mindiff.config import CONF, PRECISIONS, ConfigError, check_choice
 from mindiff.files import check_writable_dir, check_writable_file, save_text
-from mindiff.metrics import Evaluator
+from mindiff.metrics import Evaluator, classifier_floor
 from mindiff.runtime import autocast, pick_device
 
 
@@ -71,7 +71,8 @@ def evaluate(args: EvaluateArgs) -> dict:
     data = build(dataset_cfg, "dataset", args.ckpt)
     evaluator = Evaluator(data, device, args.cache_dir, run_eval_setting(cfg, "classifier_epochs", args.classifier_epochs),
                           args.inception_weights, args.fid,
-                          run_eval_setting(cfg, "min_classifier_accuracy", args.min_classifier_accuracy))
+                          classifier_floor(cfg.dataset._target_,
+                                           run_eval_setting(cfg, "min_classifier_accuracy", args.min_classifier_accuracy)))
     with autocast(device, args.precision):
         scores = objective.evaluate(model, data, evaluator, args.n, args.seed)
     result = {"ckpt": str(args.ckpt), "kind": state.get("kind"), "epoch": state["epoch"], "n": args.n, **scores}

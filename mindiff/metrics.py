@@ -139,6 +139,16 @@ def classifier_path(cache_dir: Path, data: Dataset, epochs: int) -> Path:
     return Path(cache_dir).expanduser() / f"classifier-{dataset_key(data)}-{RECIPE}-e{epochs}.pt"
 
 
+# The floor each dataset's classifier must reach, below what the recipe reaches there (README, Evaluation).
+FLOORS = {"mindiff.data.mnist": 0.99, "mindiff.data.fashion_mnist": 0.9, "mindiff.data.cifar10": 0.8,
+          "mindiff.data.image_folder": 0.8, "mindiff.data.tiny": 0.99}
+
+
+def classifier_floor(dataset_target: str, given: Optional[float]) -> float:
+    """`eval.min_classifier_accuracy` when set, else the floor of the run's dataset."""
+    return given if given is not None else FLOORS.get(dataset_target, 0.99)
+
+
 def check_classifier(accuracy: float, floor: float, epochs: int) -> None:
     """A lenient judge flatters samples (one at 0.989 reads them 0.94 class-accurate where one at 0.996 reads
     0.72): below the floor, scoring is refused."""

@@ -35,31 +35,61 @@ def compiled_update():
 
 class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
     """`schedulefree.AdamWScheduleFree` (same state, checkpoints, train()/eval()) whose step runs
-    `schedule_free_update`. The per-step scalars follow the library's `step` line by line."""
+    `schedule_free_update`, compiled into one kernel per tensor (`compiled`) or eager. The per-step
+    scalars follow the library's `step` line by line, as float64 tensor arithmetic.
+
+    `capturable`: those scalars (k, lr_max, the weight sum) live in 0-dim tensors on the parameters'
+    device, so step() makes no host sync and a CUDA graph can capture it; the learning rate is then
+    the group's initial_lr times `lr_factor`, a device tensor the owner sets (its schedule). The
+    group's floats, which the library's checkpoints hold, are brought up to date by state_dict()."""
+
+    def __init__(self, params, compiled: bool = True, capturable: bool = False, **kwargs):
+        super().__init__(params, **kwargs)
+        self.compiled, self.capturable = compiled, capturable
+        self.lr_factor: Optional[torch.Tensor] = None
+        self.counters: dict = {}  # capturable: group index -> its device counters
+
+    def group_counters(self, i: int, group: dict, device: torch.device) -> dict:
+        counters = self.counters.get(i)
+        if counters is None:
+            counters = {key: torch.tensor(float(group[key]), dtype=torch.float64,
+                                          device=device if self.capturable else "cpu")
+                        for key in ("k", "lr_max", "weight_sum")}
+            if self.capturable:
+                self.counters[i] = counters
+        return counters
 
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
-            raise ValueError("optim.fused=true takes no closure")
-        update = compiled_update()
-        for group in self.param_groups:
+            raise ValueError("this schedule-free optimizer takes no closure")
+        update = compiled_update() if self.compiled else schedule_free_update
+        for i, group in enumerate(self.param_groups):
             if not group["train_mode"]:
                 raise RuntimeError("the optimizer is in eval mode; call .train() before step()")
+            active = [p for p in group["params"] if p.grad is not None]
+            if not active:
+                continue
+            c = self.group_counters(i, group, active[0].device)
             beta1, beta2 = group["betas"]
-            k, warmup = group["k"], group["warmup_steps"]
-            lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
-            group["scheduled_lr"] = lr
-            lr_max = group["lr_max"] = max(lr, group["lr_max"])
-            weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
-            weight_sum = group["weight_sum"] = group["weight_sum"] + weight
-            ckp1 = weight / weight_sum if weight_sum else 0.0
-            # 0-dim CPU tensors, not floats: a compiled graph takes new values without recompiling (and
+            k1 = c["k"] + 1
+            if self.lr_factor is not None:
+                lr = group["initial_lr"] * self.lr_factor.to(torch.float64)
+            else:
+                lr = torch.full_like(k1, group["lr"])
+            if group["warmup_steps"]:
+                lr = lr * (k1 / group["warmup_steps"]).clamp(max=1.0)
+            torch.maximum(c["lr_max"], lr, out=c["lr_max"])
+            weight = k1 ** group["r"] * c["lr_max"] ** group["weight_lr_power"]
+            c["weight_sum"].add_(weight)
+            ckp1 = torch.where(c["weight_sum"] > 0, weight / c["weight_sum"], torch.zeros_like(weight))
+            c["k"].copy_(k1)
+            # 0-dim tensors, not floats: a compiled graph takes new values without recompiling (and
             # torch 2.14 mis-compiles a float argument that is used twice, as ckp1 is)
-            scalars = [torch.tensor(v, dtype=torch.float64) for v in
-                       (lr, ckp1, beta1, beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            constants = [torch.tensor(v, dtype=torch.float64)
+                         for v in (beta1, beta2, group["eps"], group["weight_decay"])]
+            scalars = (lr, ckp1, *constants[:2], 1 - beta2 ** k1, *constants[2:])
+            for p in active:
                 state = self.state[p]
                 if "z" not in state:
                     state["z"] = torch.clone(p, memory_format=torch.preserve_format)
@@ -68,27 +98,56 @@ class FusedAdamWScheduleFree(schedulefree.AdamWScheduleFree):
                 if all(t.is_contiguous() for t in tensors):  # one compiled kernel serves every parameter shape
                     tensors = tuple(t.view(-1) for t in tensors)
                 update(*tensors, *scalars)
-            group["k"] = k + 1
+            if not self.capturable:  # host tensors: reading them back costs nothing
+                self.write_counters(group, c, lr)
         return None
+
+    @staticmethod
+    def write_counters(group: dict, counters: dict, lr: Optional[torch.Tensor] = None) -> None:
+        group["k"] = int(counters["k"].item())
+        group["lr_max"], group["weight_sum"] = counters["lr_max"].item(), counters["weight_sum"].item()
+        if lr is not None:
+            group["scheduled_lr"] = lr.item()
+
+    def state_dict(self) -> dict:
+        for i, counters in self.counters.items():  # one host sync, at checkpoint time only
+            self.write_counters(self.param_groups[i], counters)
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for i, counters in self.counters.items():  # in place: a captured graph keeps reading these tensors
+            for key, value in counters.items():
+                value.fill_(float(self.param_groups[i][key]))
 
 
 class Optimizer:
     """`ema`: also keep an exponential moving average of the trained weights (decay `ema`, warmed up as
-    min(ema, (1 + n) / (10 + n)) at step n), and sample, evaluate and save with it instead."""
+    min(ema, (1 + n) / (10 + n)) at step n), and sample, evaluate and save with it instead.
+
+    `capturable` (schedule-free only): step() makes no host sync (the schedule, the EMA's warmup and the
+    optimizer's scalars are computed on the device), so a CUDA graph can capture it with the rest of
+    the training step; the checkpoint it writes is the same as without."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], total_steps: int, algorithm: str = "schedulefree_adamw",
                  lr: float = 2e-3, betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.01,
                  warmup_steps: int = 0, decay: str = "none", min_lr: float = 0.0, fused: bool = False,
-                 ema: Optional[float] = None):
+                 ema: Optional[float] = None, capturable: bool = False):
         betas, params = tuple(betas), list(params)
-        self.params, self.ema_decay, self.ema_steps = params, ema, 0
+        self.params, self.ema_decay, self.ema_steps, self.capturable = params, ema, 0, capturable
         self.ema = [p.detach().clone() for p in params] if ema else None
         self.schedule_free = algorithm == "schedulefree_adamw"
         if self.schedule_free:  # warms up by itself
-            kind = FusedAdamWScheduleFree if fused else schedulefree.AdamWScheduleFree
-            self.opt = kind(params, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
+            if fused or capturable:
+                self.opt = FusedAdamWScheduleFree(params, compiled=fused, capturable=capturable, lr=lr, betas=betas,
+                                                  weight_decay=weight_decay, warmup_steps=warmup_steps)
+            else:
+                self.opt = schedulefree.AdamWScheduleFree(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                                          warmup_steps=warmup_steps)
             self.opt.train()
         elif algorithm == "adamw":
+            if capturable:
+                raise ValueError("a captured step (trainer.cuda_graph) needs optim.algorithm=schedulefree_adamw")
             self.opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
                                          fused=fused or None)  # None, not False: torch then picks foreach
         else:
@@ -96,29 +155,47 @@ class Optimizer:
         own_warmup = 0 if self.schedule_free else warmup_steps
         floor = min_lr / lr
 
-        def factor(step: int) -> float:
-            f = min(1.0, (step + 1) / own_warmup) if own_warmup else 1.0
+        def factor(step) -> torch.Tensor:
+            """The learning rate's multiplier at `step`: an int (LambdaLR's, on the host) or a device tensor."""
+            step = torch.as_tensor(step, dtype=torch.float64)
+            f = ((step + 1) / own_warmup).clamp(max=1.0) if own_warmup else torch.ones_like(step)
             if decay == "cosine":
-                progress = min(1.0, step / max(1, total_steps))
-                f *= floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+                progress = (step / max(1, total_steps)).clamp(max=1.0)
+                f = f * (floor + (1 - floor) * 0.5 * (1 + torch.cos(math.pi * progress)))
             return f
 
-        self.lr_schedule = LambdaLR(self.opt, factor)
+        self.factor, self.base_lr = factor, lr
+        self.lr_schedule = LambdaLR(self.opt, lambda step: factor(step).item())
+        if capturable:  # the step count and the EMA's, as device tensors that a graph replay advances
+            device = params[0].device
+            self.steps_done = torch.zeros((), dtype=torch.float64, device=device)
+            self.ema_steps_done = torch.zeros((), dtype=torch.float64, device=device)
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        self.opt.step()
-        self.lr_schedule.step()
+        if self.capturable:
+            self.opt.lr_factor = self.factor(self.steps_done)
+            self.opt.step()
+            self.steps_done.add_(1)
+        else:
+            self.opt.step()
+            self.lr_schedule.step()
         if self.ema is not None:
-            self.ema_steps += 1
-            decay = min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
+            if self.capturable:
+                self.ema_steps_done.add_(1)
+                n = self.ema_steps_done
+                decay = ((1 + n) / (10 + n)).clamp(max=self.ema_decay)
+            else:
+                self.ema_steps += 1
+                decay = min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
 
-    @property
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
+    def lr_at(self, step: int) -> float:
+        """The learning rate that step number `step` (counting from 1) took, for the logs: computed on the
+        host, so it costs no sync (schedule-free's own warmup comes on top)."""
+        return self.base_lr * self.factor(step - 1).item()
 
     @contextmanager
     def averaged(self, model: torch.nn.Module) -> Iterator[Optional[dict]]:
@@ -145,6 +222,10 @@ class Optimizer:
             model.train()
 
     def state_dict(self) -> dict:
+        if self.capturable:  # the device counters, read back at checkpoint time only
+            self.ema_steps = int(self.ema_steps_done.item())
+            self.lr_schedule.last_epoch = int(self.steps_done.item()) - 1
+            self.lr_schedule.step()  # sets the groups' lr to what the uncaptured path would hold
         ema = {"ema": self.ema, "ema_steps": self.ema_steps} if self.ema is not None else {}
         return {"optimizer": self.opt.state_dict(), "lr_schedule": self.lr_schedule.state_dict(), **ema}
 
@@ -157,3 +238,6 @@ class Optimizer:
         if self.schedule_free:
             for group in self.opt.param_groups:  # saved in eval mode inside `averaged`; we train now
                 group["train_mode"] = True
+        if self.capturable:
+            self.steps_done.fill_(self.lr_schedule.last_epoch)
+            self.ema_steps_done.fill_(self.ema_steps)

@@ -5,18 +5,23 @@ then take effect from the resumed step on: how long to train, how often to log, 
 save, where the data and caches live, the device and the speed knobs that do not change the math.
 """
 
+import logging
 from fnmatch import fnmatchcase
 from typing import List, Tuple
 
 from mindiff.config import ConfigError
 from mindiff.data import DatasetError
+from mindiff.errors import last_line
+
+log = logging.getLogger(__name__)
 
 MAY_CHANGE = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.resume", "trainer.device", "trainer.compile",
-    "trainer.channels_last", "trainer.log_every", "trainer.sample_every", "trainer.sample_epochs",
+    "trainer.channels_last", "trainer.speed", "trainer.cuda_graph", "trainer.tf32", "trainer.log_every",
+    "trainer.sample_every", "trainer.sample_epochs",
     "trainer.sample_grid", "trainer.sample_seed", "trainer.ckpt_every", "trainer.keep_last", "optim.fused",
     "schedule.sample_steps", "schedule.sampler", "schedule.guidance", "dataset.root", "dataset.download",
-    "dataset.cache_dir", "dataset.test_root",
+    "dataset.cache_dir", "dataset.test_root", "autoencoder.latent_cache",
     "eval.*", "logger.*",
 )
 ABSENT = "(absent)"
@@ -52,6 +57,24 @@ def check_same_data(state: dict, train_images: int, ckpt) -> None:
     if state.get("train_images", train_images) != train_images:
         raise DatasetError(f"resuming {ckpt}: the run trained on {state['train_images']} images, but the dataset "
                            f"now has {train_images}; point dataset.root at the data it started with")
+
+
+def restore(state: dict, path, model, optimizer, steps_per_epoch: int) -> Tuple[int, int, dict]:
+    """Load a checkpoint's training weights, optimizer and RNG state into a built run; returns its
+    (epoch, step, metrics)."""
+    from mindiff.checkpoint import CheckpointError
+    from mindiff.runtime import set_rng_state
+    try:
+        model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit this run's model (was it written with another "
+                              f"model config?): {last_line(e)}") from None
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    epoch, step = state["epoch"], state["step"]
+    check_position(step, epoch, steps_per_epoch, path)
+    log.info("resumed from %s at epoch %d, step %d", path, epoch, step)
+    return epoch, step, state.get("metrics", {})
 
 
 def check_position(step: int, epoch: int, steps_per_epoch: int, ckpt) -> None:

@@ -15,9 +15,9 @@ def pick_device(requested: str, key: str = "trainer.device") -> torch.device:
     return torch.device(requested)
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache: bool = True):
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

@@ -16,17 +16,20 @@ from tqdm import tqdm
 
 from mindiff.build import build, load_autoencoder, objective_for, plain, read_checkpoint
 from mindiff.cadence import epoch_actions
-from mindiff.checkpoint import CheckpointError, checkpoint_to_resume, prune_snapshots, save_checkpoint
+from mindiff.checkpoint import checkpoint_to_resume, prune_snapshots, save_checkpoint
 from mindiff.config import ConfigError, validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8
-from mindiff.errors import NonFiniteLoss, last_line, not_fatal
+from mindiff.errors import NonFiniteLoss, not_fatal
 from mindiff.files import check_writable_dir, lock_run_dir, save_text
+from mindiff.graph_step import GraphedStep
 from mindiff.images import save_gif, save_grid
-from mindiff.metrics import Evaluator
+from mindiff.latent_cache import cached_inputs
+from mindiff.metrics import Evaluator, classifier_floor
 from mindiff.objectives import epoch_terms
-from mindiff.resume import check_position, check_same_data, check_same_run
-from mindiff.runtime import autocast, pick_device, rng_state, set_rng_state, side_effect_free
+from mindiff.resume import check_same_data, check_same_run, restore
+from mindiff.runtime import autocast, pick_device, rng_state, side_effect_free
 from mindiff.signals import StopSignal
+from mindiff.speed import apply_speed
 from mindiff.tracking import RunInfo, Throughput, Tracker, choose_mode
 
 log = logging.getLogger(__name__)
@@ -52,19 +55,20 @@ class Run:
         model = self.model = build(resolved["model"], "model").to(device)
         if tc.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.train_model = torch.compile(model) if tc.compile else model  # shares its parameters with `model`
-        self.train_model = self.d.wrap(self.train_model)
-        self.amp = autocast(device, tc.precision)
-        with self.amp:  # latents of a frozen autoencoder are encoded once, in the run's precision
-            self.inputs = self.objective.inputs(self.data, device)
+        self.train_model = self.d.wrap(torch.compile(model) if tc.compile else model)  # shares `model`'s parameters
+        self.amp = autocast(device, tc.precision, cache=not tc.cuda_graph)  # a graph may not hold autocast's cache
+        with self.amp:  # latents of a frozen autoencoder are encoded once, in the run's precision, and cached
+            self.inputs = cached_inputs(self.objective, self.data, device, self.autoencoder,
+                                        cfg.autoencoder.latent_cache, tc.precision)
         self.steps_per_epoch = len(self.inputs) // tc.batch_size
         self.shard = self.d.shard(tc.batch_size)  # this process's slice of every global batch
         self.optimizer = build(resolved["optim"], "optim", None, model.parameters(),
-                               total_steps=self.steps_per_epoch * tc.epochs)
+                               total_steps=self.steps_per_epoch * tc.epochs, capturable=tc.cuda_graph)
+        self.train_step = GraphedStep(self.eager_step, device) if tc.cuda_graph else self.eager_step
         self.n_params = sum(p.numel() for p in model.parameters())
         self.epoch, self.step, self.metrics, self.evaluator = 0, 0, {}, None
         if state is not None:
-            self.resume(state, ckpt_path)
+            self.epoch, self.step, self.metrics = restore(state, ckpt_path, model, self.optimizer, self.steps_per_epoch)
         self.tracker = Tracker(wandb_mode if self.d.main else "disabled", info, resolved, cfg.logger,
                                run_id=state["wandb_run_id"] if state is not None else None)
         self.tracker.summary({"parameters": self.n_params})
@@ -73,18 +77,6 @@ class Run:
         self.bank = self.objective.preview_bank(self.data, tc.sample_grid,
                                                 torch.Generator().manual_seed(tc.sample_seed), device)
         self.samples_dir, self.ckpt_dir = info.run_dir / "samples", info.run_dir / "checkpoints"
-
-    def resume(self, state: dict, path: Path) -> None:
-        try:
-            self.model.load_state_dict(state["train_model"] if state["train_model"] is not None else state["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit this run's model (was it written with another "
-                                  f"model config?): {last_line(e)}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        self.epoch, self.step, self.metrics = state["epoch"], state["step"], state.get("metrics", {})
-        check_position(self.step, self.epoch, self.steps_per_epoch, path)
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     def at_max_steps(self) -> bool:
         return self.tc.max_steps is not None and self.step >= self.tc.max_steps
@@ -98,14 +90,9 @@ class Run:
         pending, self.losses, self.throughput, self.terms = [], [], Throughput(tc.batch_size), {}
         batches = epoch_batches(len(self.inputs), tc.batch_size, tc.seed, self.epoch, self.device)
         for idx in itertools.islice(batches, skip, None):
-            x, y = self.inputs.batch(idx)
-            with self.amp:
-                loss, terms = self.objective.loss(self.train_model, x, y, self.shard)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
+            loss, terms = self.train_step(idx)
             self.step += 1
-            pending.append(loss.detach())
+            pending.append(loss)
             for name, value in terms.items():  # summed on the device; read once, at the end of the pass
                 self.terms[name] = self.terms.get(name, 0) + value
             bar.update(1)
@@ -125,6 +112,16 @@ class Run:
                                f"per epoch)")
         return stopped
 
+    def eager_step(self, idx: torch.Tensor):
+        """One optimizer step on the batch `idx`: what trainer.cuda_graph captures whole."""
+        x, y = self.inputs.batch(idx)
+        with self.amp:
+            loss, terms = self.objective.loss(self.train_model, x, y, self.shard)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), terms
+
     def flush(self, pending: list) -> None:
         losses = self.d.mean(torch.stack(pending).tolist())  # the one host sync per log_every steps
         pending.clear()
@@ -135,7 +132,8 @@ class Run:
                 kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written yet"
                 raise NonFiniteLoss(f"loss became {value} at step {first + i}; {kept}. Lower optim.lr or try "
                                     f"trainer.precision=fp32")
-            self.tracker.log({"loss": value, "lr": self.optimizer.lr, "epoch": self.epoch}, step=first + i)
+            step = first + i
+            self.tracker.log({"loss": value, "lr": self.optimizer.lr_at(step), "epoch": self.epoch}, step=step)
         self.losses += losses
 
     def end_epoch(self, stopped: bool, signalled: bool) -> None:
@@ -144,7 +142,8 @@ class Run:
         seconds, images_per_s = time.perf_counter() - self.throughput.start, self.throughput.images_per_s(len(losses))
         act = epoch_actions(self.epoch, self.step, self.steps_per_epoch, epochs=tc.epochs, stopped=stopped,
                             signalled=signalled, sample_every=tc.sample_every, sample_epochs=tc.sample_epochs,
-                            ckpt_every=tc.ckpt_every, eval_every=self.ec.every)
+                            ckpt_every=tc.ckpt_every, eval_every=self.ec.every,
+                            eval_at_max_steps=self.ec.at_max_steps)
         self.epoch = act.epoch
         self.metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=self.epoch, steps=self.step,
                             images_per_s=images_per_s)
@@ -181,7 +180,8 @@ class Run:
         with side_effect_free(self.device):
             if self.evaluator is None:  # trains the scoring classifier the first time a dataset is seen
                 self.evaluator = Evaluator(self.data, self.device, ec.cache_dir, ec.classifier_epochs,
-                                           ec.inception_weights, ec.fid, ec.min_classifier_accuracy)
+                                           ec.inception_weights, ec.fid,
+                                           classifier_floor(self.cfg.dataset._target_, ec.min_classifier_accuracy))
         with side_effect_free(self.device), self.optimizer.averaged(self.model), self.amp:
             scores = self.objective.evaluate(self.model, self.data, self.evaluator, ec.n, ec.seed)
         scores = {f"eval/{k}": v for k, v in scores.items()}
@@ -220,13 +220,14 @@ class Run:
 def train(cfg: DictConfig, info: RunInfo) -> dict:
     """Train the model the config describes; returns the final metrics (also in run_dir/metrics.json)."""
     validate(cfg)
-    resolved = plain(cfg)  # what the checkpoint records; every object is built from it, through the allowlist
-    wandb_mode = choose_mode(cfg.logger.mode)
     tc, d = cfg.trainer, info.dist
     if tc.batch_size % d.world:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must divide evenly over "
                           f"{d.world} processes")
     device = d.device(pick_device(tc.device))
+    apply_speed(cfg, device, d.world)  # trainer.speed=auto becomes the knobs themselves, before anything is built
+    resolved = plain(cfg)  # what the checkpoint records; every object is built from it, through the allowlist
+    wandb_mode = choose_mode(cfg.logger.mode)
     if d.main:  # this process alone trains there; the eval cache, first written after an epoch, is checked now
         lock_run_dir(info.run_dir)
         if cfg.eval.every:

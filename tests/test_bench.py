@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA, run_cli
 
@@ -26,3 +27,23 @@ def test_bench_runs_and_writes_json(tmp_path):
 def test_bench_rejects_an_unknown_case(tmp_path):
     proc = run_cli("mindiff.bench", "cases=[gan]", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "choose from mnist, ae, ldm, sample" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
+def test_the_gpu_suite_says_in_one_line_that_there_is_no_gpu(tmp_path):
+    proc = run_cli("mindiff.bench", "suite=gpu", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["mindiff.bench: error: suite=gpu needs a CUDA GPU and this machine "
+                                                "has none (torch.cuda.is_available() is False); run the CPU suite "
+                                                "without suite=gpu"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not (SHARED_DATA / "MNIST" / "raw").is_dir(),
+                    reason="needs a GPU and ../shared/data")
+def test_the_gpu_suite_compares_with_the_authors_loop_and_times_a_30_epoch_run(tmp_path):
+    proc = run_cli("mindiff.bench", "suite=gpu", "cases=[mnist]", f"data={SHARED_DATA}", "out=g.json", cwd=tmp_path,
+                   timeout=900)
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["baseline_workers"] >= 1 and result["mnist_30_epochs"]["wall_s"] > 0
+    assert {r.get("impl") for r in result["rows"]} == {"baseline", "mindiff", "+tuned"}
+    assert "30 epochs through the trainer" in proc.stdout

@@ -60,9 +60,20 @@ def test_the_last_epoch_on_the_checkpoint_cadence_also_keeps_a_snapshot():
     assert actions(9, 80, ckpt_every=5).snapshot is True
 
 
-def test_max_steps_mid_epoch_ends_the_run_at_a_step_tag_without_a_snapshot():
+def test_max_steps_mid_epoch_ends_the_run_at_a_step_tag_without_a_snapshot_or_an_evaluation():
     assert actions(0, 3, stopped=True, sample_every=1, ckpt_every=1, eval_every=1) == EpochActions(
-        epoch=0, tag="step_000003", snapshot=False, samples=True, evaluate=True, run_ends=True)
+        epoch=0, tag="step_000003", snapshot=False, samples=True, evaluate=False, run_ends=True)
+
+
+def test_a_smoke_run_stopped_by_max_steps_is_evaluated_only_when_asked():
+    assert actions(0, 3, stopped=True, eval_every=1, eval_at_max_steps=True).evaluate is True
+    assert actions(1, 12, stopped=True, eval_every=5, eval_at_max_steps=True).evaluate is True
+    assert actions(1, 12, stopped=True, eval_every=5).evaluate is False
+    assert actions(1, 12, stopped=True, eval_every=None, eval_at_max_steps=True).evaluate is False
+
+
+def test_max_steps_on_an_eval_epoch_keeps_that_epochs_evaluation():
+    assert actions(1, 16, stopped=True, eval_every=2).evaluate is True
 
 
 def test_max_steps_mid_epoch_on_a_sample_epoch_keeps_no_snapshot():

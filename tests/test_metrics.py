@@ -11,8 +11,8 @@ from scipy import linalg
 import mindiff.metrics
 from mindiff.data import tiny, to_unit_range
 from mindiff.errors import UserError
-from mindiff.metrics import (FID, Evaluator, WeakClassifierError, augment, augmentation, classifier_path,
-                             frechet_distance, gaussian_stats, predict, train_classifier)
+from mindiff.metrics import (FID, Evaluator, WeakClassifierError, augment, augmentation, classifier_floor,
+                             classifier_path, frechet_distance, gaussian_stats, predict, train_classifier)
 from mindiff.models.classifier import Classifier
 
 from conftest import run_cli
@@ -80,7 +80,9 @@ def test_the_tiny_classifier_clears_the_default_floor_in_one_epoch(tmp_path):
     """tests/conftest.py runs eval.classifier_epochs=2 (test_reliability 1) at the YAML's floor: scores must come."""
     from omegaconf import OmegaConf
     from conftest import CONF
-    floor = OmegaConf.load(CONF / "eval" / "default.yaml").min_classifier_accuracy
+    given = OmegaConf.load(CONF / "eval" / "default.yaml").min_classifier_accuracy
+    floor = classifier_floor("mindiff.data.tiny", given)
+    assert floor == 0.99
     assert Evaluator(tiny(), "cpu", str(tmp_path), classifier_epochs=1,
                      min_classifier_accuracy=floor).classifier_accuracy >= floor
 
@@ -151,3 +153,11 @@ def test_optuna_sweep_optimises_the_chosen_metric(tmp_path):
             "logger.mode=disabled", "hydra.sweeper.n_trials=2", "trainer.batch_size=choice(32,64)", cwd=tmp_path)
     results = (tmp_path / "multirun" / "mnist_optuna" / "optimization_results.yaml").read_text()
     assert "best_params" in results and "optim.lr" in results and "best_value" in results
+
+
+def test_each_dataset_has_its_own_floor_unless_one_is_set():
+    """Below what the recipe reaches there (README, Evaluation): MNIST 0.9964, Fashion-MNIST 0.923, CIFAR-10 0.826."""
+    assert classifier_floor("mindiff.data.mnist", None) == 0.99
+    assert classifier_floor("mindiff.data.fashion_mnist", None) == 0.9
+    assert classifier_floor("mindiff.data.cifar10", None) == classifier_floor("mindiff.data.image_folder", None) == 0.8
+    assert classifier_floor("mindiff.data.fashion_mnist", 0.95) == 0.95 and classifier_floor("mindiff.data.mnist", 0) == 0
