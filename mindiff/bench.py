@@ -53,8 +53,14 @@ class BenchArgs:
 
 def bench(args: BenchArgs) -> dict:
     check_choice("suite", args.suite, ("cpu", "gpu"))
-    if args.suite == "gpu":
-        return gpu_suite(args)
+    result = gpu_suite(args) if args.suite == "gpu" else table(args)
+    if args.out:
+        save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
+    return result
+
+
+def table(args: BenchArgs) -> dict:
+    """The table: each case's plain loop, then mindiff as configured and with `tuned`, per precision."""
     unknown = set(args.cases) - set(CASES)
     if unknown:
         raise ConfigError(f"cases has {sorted(unknown)}; choose from {', '.join(CASES)}")
@@ -99,11 +105,8 @@ def bench(args: BenchArgs) -> dict:
                           f"peak {r['peak_rss_mb']:.0f} MB")
             if args.tuned:
                 print(f"{'':>6} +tuned = {' '.join(args.tuned)}")
-    result = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "matmul_peak_gflop_s": peaks, "steps": args.steps, "rows": rows}
-    if args.out:
-        save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
-    return result
+    return {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "matmul_peak_gflop_s": peaks, "steps": args.steps, "rows": rows}
 
 
 def gpu_suite(args) -> dict:
@@ -111,16 +114,13 @@ def gpu_suite(args) -> dict:
         raise ConfigError("suite=gpu needs a CUDA GPU and this machine has none (torch.cuda.is_available() is "
                           "False); run the CPU suite without suite=gpu")
     workers = min(16, os.cpu_count() or 1)
-    table = bench(dataclasses.replace(args, suite="cpu", device="cuda", steps=max(args.steps, GPU_STEPS),
-                                      workers=workers, tuned=["trainer.speed=auto"], out=None))
+    rows = table(dataclasses.replace(args, device="cuda", steps=max(args.steps, GPU_STEPS), workers=workers,
+                                     tuned=["trainer.speed=auto"]))
     with tempfile.TemporaryDirectory() as workdir:
         run = in_fresh_process(mnist_run_wall_time, args.data, workdir)
     print(f"MNIST toy, {RUN_EPOCHS} epochs through the trainer (speed=auto, bf16, grids and checkpoints, no eval): "
           f"{run['wall_s']:.1f} s wall, {run['images_per_s_last_epoch']:.0f} img/s in its last epoch")
-    result = {**table, "suite": "gpu", "baseline_workers": workers, "mnist_30_epochs": run}
-    if args.out:
-        save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
-    return result
+    return {**rows, "suite": "gpu", "baseline_workers": workers, "mnist_30_epochs": run}
 
 
 def main(argv=None) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def _hash_tensor(h, tensor: torch.Tensor) -> None:
     tensor = tensor.detach().cpu().contiguous()
     h.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    h.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b"")  # the buffer itself, not a copy
 
 
 def latent_key(autoencoder: dict, data: Dataset, precision: str) -> str:

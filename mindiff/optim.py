@@ -138,12 +138,9 @@ class Optimizer:
         self.ema = [p.detach().clone() for p in params] if ema else None
         self.schedule_free = algorithm == "schedulefree_adamw"
         if self.schedule_free:  # warms up by itself
-            if fused or capturable:
-                self.opt = FusedAdamWScheduleFree(params, compiled=fused, capturable=capturable, lr=lr, betas=betas,
-                                                  weight_decay=weight_decay, warmup_steps=warmup_steps)
-            else:
-                self.opt = schedulefree.AdamWScheduleFree(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                                                          warmup_steps=warmup_steps)
+            own = dict(compiled=fused, capturable=capturable) if fused or capturable else {}
+            kind = FusedAdamWScheduleFree if own else schedulefree.AdamWScheduleFree
+            self.opt = kind(params, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps, **own)
             self.opt.train()
         elif algorithm == "adamw":
             if capturable:
