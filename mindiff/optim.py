@@ -180,14 +180,14 @@ class Optimizer:
             self.opt.step()
             self.lr_schedule.step()
         if self.ema is not None:
-            if self.capturable:
+            if self.capturable:  # a device tensor, once per tensor: as one number it would be read back
                 self.ema_steps_done.add_(1)
                 n = self.ema_steps_done
-                decay = ((1 + n) / (10 + n)).clamp(max=self.ema_decay)
+                weight = [1 - ((1 + n) / (10 + n)).clamp(max=self.ema_decay)] * len(self.ema)
             else:
                 self.ema_steps += 1
-                decay = min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+                weight = 1 - min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], weight)
 
     def lr_at(self, step: int) -> float:
         """The learning rate that step number `step` (counting from 1) took, for the logs: computed on the
