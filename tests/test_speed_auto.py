@@ -58,14 +58,15 @@ def test_a_graph_is_for_cuda_devices_only():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a GPU")
-def test_on_a_gpu_the_captured_run_trains_like_the_eager_one(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["optim.ema=0.99", "trainer.precision=bf16"]])
+def test_on_a_gpu_the_captured_run_trains_like_the_eager_one(tmp_path, extra):
     from conftest import TINY
     from mindiff.checkpoint import load_checkpoint
     losses = {}
     for graph in ("false", "true"):
         run_cli("mindiff.train", *[o for o in TINY if o != "trainer.device=cpu"], "trainer.device=cuda",
                 "trainer.epochs=3", f"trainer.cuda_graph={graph}", "eval.every=null", "logger.mode=disabled",
-                f"hydra.run.dir={graph}", cwd=tmp_path)
+                f"hydra.run.dir={graph}", *extra, cwd=tmp_path)
         state = load_checkpoint(tmp_path / graph / "checkpoints" / "last.pt")
         assert state["optimizer"]["optimizer"]["param_groups"][0]["k"] == state["step"] == 24
         losses[graph] = state["metrics"]["final_loss"]
