@@ -3,7 +3,8 @@
 Times mindiff's trainer against a plain PyTorch loop written the way reference scripts are
 (torchvision dataset with ToTensor/Normalize per item, a DataLoader, fp32, the same model, batch
 and optimizer) in the same run, and prints images/s, the ratio, achieved GFLOP/s against this
-machine's matmul peak (fp32 and bf16, measured in the same run) and peak memory. mindiff runs
+machine's matmul peak (fp32 and bf16, measured in the same run), peak memory, and the ops (kernels)
+the model's forward+backward runs in each precision. mindiff runs
 each precision as configured and again with the speed knobs in `tuned`, each measurement in a
 fresh process (mindiff/bench_runs.py). Data: `data=DIR` (default $MINDIFF_DATA or ../shared/data)
 holding MNIST/raw and cifar10-jpeg/train.
@@ -103,6 +104,9 @@ def table(args: BenchArgs) -> dict:
                     print(f"{case:>6} {impl:<8} {precision}: {r['images_per_s']:8.0f} img/s  {ratio:>14}  "
                           f"{gflops:6.0f} GFLOP/s ({100 * row['peak_fraction']:.0f}% of {precision} matmul peak), "
                           f"peak {r['peak_rss_mb']:.0f} MB")
+            ops = ", ".join(f"{r['ops_per_step']} in {r['precision']}" for r in rows
+                            if r["case"] == case and r["impl"] == "mindiff")
+            print(f"{'':>6} ops (kernels) in the model's forward+backward: {ops}")
             if args.tuned:
                 print(f"{'':>6} +tuned = {' '.join(args.tuned)}")
     return {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 WARMUP_STEPS = 10  # untimed: they pay one-off costs (compiling, kernel selection, optimizer state, workers)
 RUN_EPOCHS = 30  # the GPU suite's whole MNIST run
@@ -58,18 +59,35 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def train_flops_per_image(cfg, device) -> float:
-    """FLOPs of one forward+backward of the model per image, counted by torch's FlopCounterMode."""
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that reach a kernel (autocast's casts and autograd's backward included, views
+    not): at a small batch a GPU step is bound by how many kernels it launches, not by its FLOPs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def step_counts(cfg, device, precision: str) -> dict:
+    """Per forward+backward of the model under the run's autocast: FLOPs per image (torch's
+    FlopCounterMode) and the ops it runs (OpCounter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from mindiff.build import build, input_shape, plain
+    from mindiff.runtime import autocast
     model = build(plain(cfg)["model"], "model").to(device)
     shape = input_shape(cfg.autoencoder.ckpt, cfg.dataset.channels, cfg.dataset.image_size)
     x, t, y = torch.randn(8, *shape, device=device), torch.rand(8, device=device), torch.zeros(8, dtype=torch.long,
                                                                                                device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t, y).float().square().mean().backward()  # every mindiff model is called as model(x, t, y)
-    return counter.get_total_flops() / 8
+    with FlopCounterMode(display=False) as flops, OpCounter() as ops:
+        with autocast(torch.device(device), precision):
+            loss = model(x, t, y).float().square().mean()  # every mindiff model is called as model(x, t, y)
+        loss.backward()
+    return {"flops_per_image": flops.get_total_flops() / 8, "ops_per_step": ops.ops}
 
 
 def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, workdir: str,
@@ -84,7 +102,7 @@ def run_mindiff(case: str, precision: str, steps: int, data: str, device: str, w
                    "eval.every=null", "trainer.sample_grid=2", f"trainer.log_every={WARMUP_STEPS}", *overrides])
     metrics = train(cfg, RunInfo(workdir / f"{case}-{precision}-{variant}", case))
     return {"images_per_s": metrics["images_per_s"], "peak_rss_mb": peak_rss_mb(),
-            "flops_per_image": train_flops_per_image(cfg, device)}
+            **step_counts(cfg, device, precision)}
 
 
 def run_baseline(case: str, steps: int, data: str, device: str, workdir: str, workers: int = 0) -> dict:

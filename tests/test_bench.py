@@ -22,6 +22,16 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert tuned["overrides"] == ["optim.fused=true"] and tuned["ratio_vs_baseline_fp32"] > 0
     assert rows[("sample", None, "bf16")]["ms_per_euler_step"] > 0
     assert "x baseline" in proc.stdout and "ms per Euler step" in proc.stdout
+    assert mindiff["ops_per_step"] > 0 and "ops (kernels) in the model's forward+backward" in proc.stdout
+
+
+def test_the_op_count_sees_autocasts_casts():
+    """What makes bf16 slower than fp32 on a launch-bound GPU: the same FLOPs in more kernels."""
+    from mindiff.bench_runs import compose, step_counts
+    cfg = compose(["model.hidden_dim=64", "model.class_embed_dim=8"])
+    fp32, bf16 = (step_counts(cfg, "cpu", precision) for precision in ("fp32", "bf16"))
+    assert fp32["flops_per_image"] == bf16["flops_per_image"] > 0
+    assert bf16["ops_per_step"] > fp32["ops_per_step"] > 10
 
 
 def test_bench_rejects_an_unknown_case(tmp_path):
