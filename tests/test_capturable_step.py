@@ -5,9 +5,9 @@ no data, so any read back fails; a dispatch mode records the host-to-device copi
 real training step (`Run.eager_step`) runs there, with a capturable optimizer, an EMA, flips and
 label dropout, the step's every random draw included."""
 
+import contextlib
 from types import SimpleNamespace
 
-import contextlib
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
