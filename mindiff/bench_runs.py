@@ -29,9 +29,8 @@ def overrides_for(case: str, data: str, workdir: Path) -> List[str]:
 def compose(overrides: List[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    import mindiff.config  # noqa: F401
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    from mindiff.config import CONF  # importing it registers the schemas
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 
 

@@ -22,6 +22,7 @@ from mindiff.errors import UserError, not_fatal
 from mindiff.files import save_cache
 from mindiff.data import Dataset, epoch_batches, to_unit_range
 from mindiff.models.classifier import Classifier
+from mindiff.runtime import autocast
 
 log = logging.getLogger(__name__)
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # where torch-fidelity's download lands
@@ -104,7 +105,7 @@ def train_classifier(data: Dataset, device, epochs: int, batch_size: int = 128, 
                                                 pct_start=0.25)
     shift, flip = augmentation(data.image_shape)
     g = torch.Generator().manual_seed(seed)
-    amp = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=fast_bf16(device))
+    amp = autocast(torch.device(device), "bf16" if fast_bf16(device) else "fp32")
     model.train()
     for epoch in range(epochs):
         batches = list(epoch_batches(len(images), batch_size, seed, epoch, device))

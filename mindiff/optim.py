@@ -182,12 +182,16 @@ class Optimizer:
         if self.ema is not None:
             if self.capturable:  # a device tensor, once per tensor: as one number it would be read back
                 self.ema_steps_done.add_(1)
-                n = self.ema_steps_done
-                weight = [1 - ((1 + n) / (10 + n)).clamp(max=self.ema_decay)] * len(self.ema)
+                weight = [self.ema_weight(self.ema_steps_done)] * len(self.ema)
             else:
                 self.ema_steps += 1
-                weight = 1 - min(self.ema_decay, (1 + self.ema_steps) / (10 + self.ema_steps))
+                weight = self.ema_weight(self.ema_steps).item()
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], weight)
+
+    def ema_weight(self, n) -> torch.Tensor:
+        """How far the EMA moves towards the weights at its step n (an int, or a device tensor): 1 - decay,
+        the decay warmed up as min(ema, (1 + n) / (10 + n))."""
+        return 1 - torch.as_tensor((1 + n) / (10 + n), dtype=torch.float64).clamp(max=self.ema_decay)
 
     def lr_at(self, step: int) -> float:
         """The learning rate that step number `step` (counting from 1) took, for the logs: computed on the
