@@ -34,8 +34,8 @@ def save_checkpoint(state: dict, path: Path) -> Path:
         return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     except (OSError, RuntimeError) as e:  # e.g. no space left on the device
         previous = "the previous checkpoint there is intact" if path.exists() else "nothing was saved"
-        raise CheckpointError(f"could not write {path} ({e}); {previous}. Free some space and resume with "
-                              f"trainer.resume=auto") from None
+        raise CheckpointError(f"could not write {path} ({getattr(e, 'reason', e)}); {previous}. Free some space "
+                              f"and resume with trainer.resume=auto") from None
 
 
 def load_checkpoint(path, kind: Optional[str] = None) -> dict:
@@ -60,7 +60,8 @@ def load_checkpoint(path, kind: Optional[str] = None) -> dict:
     return state
 
 
-def _a(word: str) -> str:
+def _a(word) -> str:
+    word = str(word) if isinstance(word, str) and word else "unknown"  # a file's kind may be anything
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 

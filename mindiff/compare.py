@@ -10,20 +10,24 @@ or lowest with ascending=true (for eval/fld); runs without that metric come last
 
 import csv
 import io
+import logging
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
 from mindiff.cli import run_command
 from mindiff.config import ConfigError
-from mindiff.files import atomic_write, save_text
+from mindiff.errors import one_line
+from mindiff.files import atomic_write, check_writable_file, save_text
 from mindiff.sweep import RunRecord, common_overrides, find_runs, summary_table
 
 HEADER_FONT_SIZE = 14
+MAX_GRID_PIXELS = 8192 * 8192  # a grid larger than this is not one a run wrote (16x16 cells of 256 px: 4k x 4k)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +37,33 @@ class CompareArgs:
     rank_by: Optional[str] = None  # a final metric, e.g. eval/class_accuracy: best run first
     ascending: bool = False  # rank_by's best is its lowest value (eval/fld, final_loss)
     out: Optional[str] = None
+
+
+def outputs(prefix: Path) -> Dict[str, Path]:
+    """PREFIX.png, .md, .csv; a PREFIX given with one of those suffixes is the same prefix."""
+    base = prefix.with_suffix("") if prefix.suffix.lower() in (".png", ".md", ".csv") else prefix
+    paths = {ext: base.with_name(base.name + ext) for ext in (".png", ".md", ".csv")}
+    for path in paths.values():
+        check_writable_file(path, "out")
+    return paths
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def open_grid(path: Optional[Path]) -> Optional[Image.Image]:
+    """A sample grid, decoded now: a torn or foreign file is a grey box (side_by_side), not a traceback."""
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_GRID_PIXELS:
+                raise ValueError(f"{im.width}x{im.height} is larger than a sample grid")
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        log.warning("%s cannot be read (%s); its column shows no grid", path, one_line(e)[:200])
+        return None
 
 
 def pick_grid(run: RunRecord, epoch: Optional[int]) -> Optional[Path]:
@@ -75,17 +106,19 @@ def compare(args: CompareArgs) -> dict:
     sweep_dir = Path(args.dir)
     if not sweep_dir.is_dir():
         raise ConfigError(f"dir={args.dir!r}: no such folder (give a multirun dir, e.g. multirun/mnist_lr)")
-    runs = find_runs(sweep_dir)
+    paths = outputs(Path(args.out) if args.out else sweep_dir / "compare")  # before any work
+    try:
+        runs = find_runs(sweep_dir)
+    except OSError as e:
+        raise ConfigError(f"dir={args.dir!r}: cannot list it ({e.strerror or e})") from None
     if not runs:
         raise ConfigError(f"{sweep_dir} holds no runs (folders with .hydra/overrides.yaml)")
-    prefix = Path(args.out) if args.out else sweep_dir / "compare"
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     if args.rank_by:
-        if not any(args.rank_by in r.metrics for r in runs):
+        scored = [r for r in runs if is_number(r.metrics.get(args.rank_by))]
+        if not scored:
             raise ConfigError(f"rank_by={args.rank_by}: no run in {sweep_dir} has that metric (its metrics.json)")
-        ranked = sorted((r for r in runs if args.rank_by in r.metrics), key=lambda r: r.metrics[args.rank_by],
-                        reverse=not args.ascending)
-        runs = ranked + [r for r in runs if args.rank_by not in r.metrics]
+        ranked = sorted(scored, key=lambda r: r.metrics[args.rank_by], reverse=not args.ascending)
+        runs = ranked + [r for r in runs if not is_number(r.metrics.get(args.rank_by))]
     common = common_overrides(runs)
     columns = []
     for run in runs:
@@ -95,9 +128,9 @@ def compare(args: CompareArgs) -> dict:
         for epoch in args.epochs or [None]:
             grid = pick_grid(run, epoch)
             label = heading if epoch is None else (f"epoch {epoch}" if len(runs) == 1 else f"{heading} @ {epoch}")
-            columns.append((label, Image.open(grid) if grid else None))
+            columns.append((label, open_grid(grid)))
     image = side_by_side(columns)
-    atomic_write(prefix.with_suffix(".png"), lambda f: image.save(f, format="PNG"))
+    atomic_write(paths[".png"], lambda f: image.save(f, format="PNG"))
 
     rows = summary_table(runs)
     keys = list(rows[0])
@@ -105,13 +138,13 @@ def compare(args: CompareArgs) -> dict:
     writer = csv.DictWriter(csv_text, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    save_text(csv_text.getvalue(), prefix.with_suffix(".csv"))
+    save_text(csv_text.getvalue(), paths[".csv"])
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     table += ["| " + " | ".join(fmt(row[k]) for k in keys) + " |" for row in rows]
     if common:
         table.append(f"\nShared by all runs: `{' '.join(sorted(common))}`")
-    save_text("\n".join(table) + "\n", prefix.with_suffix(".md"))
-    return {"image": prefix.with_suffix(".png"), "table": "\n".join(table), "runs": runs}
+    save_text("\n".join(table) + "\n", paths[".md"])
+    return {"image": paths[".png"], "table": "\n".join(table), "runs": runs}
 
 
 def main(argv=None) -> None:

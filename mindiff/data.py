@@ -9,7 +9,6 @@ torch._dynamo (seconds), which a run on generated data, or a CLI that stops at a
 
 import gzip
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mindiff.errors import UserError, one_line
-from mindiff.files import atomic_write, check_writable_dir, save_cache
+from mindiff.files import TensorSpec, atomic_write, check_writable_dir, load_cache, save_cache
+from mindiff.image_listing import FolderError, list_image_folder
 
 
 @dataclass
@@ -147,49 +147,52 @@ def cifar10(root: str, download: bool, channels: int = 3, image_size: int = 32, 
     return _check_declared(Dataset(splits[0], splits[1], len(ds.classes), hflip), "CIFAR-10", channels, num_classes)
 
 
-def _decode_folder(folder: Path, size: int, channels: int, cache_dir: Path) -> Tuple[ImageSet, list]:
-    """Decode an ImageFolder once into a uint8 tensor, cached under a key of the folder's contents."""
+def _decode_folder(folder: Path, size: int, channels: int, cache_dir: Path, num_classes: int,
+                   setting: str) -> Tuple[ImageSet, list]:
+    """Decode an image folder once into a uint8 tensor, cached under a key of its listing (image_listing.py:
+    refused unless it looks like one); a cache file that is torn or not this listing's is decoded again."""
     import torchvision.transforms.functional as TF
-    from torchvision.datasets import ImageFolder
     try:
-        ds = ImageFolder(str(folder))
-    except (FileNotFoundError, OSError) as e:
-        raise DatasetError(f"no image folder at {folder} ({e}); dataset.root must hold one sub-folder per class") from None
-    listing = "\n".join(f"{os.path.relpath(p, folder)}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}"
-                         for p, _ in ds.samples)
-    key = hashlib.sha1(f"{folder.resolve()}|{size}|{channels}|{listing}".encode()).hexdigest()[:16]
+        listing = list_image_folder(folder, num_classes, setting)
+    except FolderError as e:  # the one error class of data, whatever found the problem
+        raise DatasetError(str(e)) from None
+    key = hashlib.sha1(f"{folder.resolve()}|{size}|{channels}|{listing.signature}".encode()).hexdigest()[:16]
     cache = cache_dir / f"image_folder-{key}.pt"
-    if cache.is_file():
-        saved = torch.load(cache, weights_only=True)
-        return ImageSet(saved["images"], saved["labels"]), list(saved["classes"])
+    labels = torch.tensor(listing.targets, dtype=torch.long)
+    saved = load_cache(cache, {"images": TensorSpec((len(labels), channels, size, size), torch.uint8),
+                               "labels": labels, "classes": listing.classes}, "image-folder cache")
+    if saved is not None:
+        return ImageSet(saved["images"], labels), listing.classes
     check_writable_dir(cache_dir, "dataset.cache_dir (or $MINDIFF_CACHE)")  # before minutes of decoding
     mode = "RGB" if channels == 3 else "L"
-    images = torch.empty(len(ds.samples), channels, size, size, dtype=torch.uint8)
-    for i, (path, _) in enumerate(tqdm(ds.samples, desc=f"decoding {folder.name}", unit="img", mininterval=2)):
+    images = torch.empty(len(labels), channels, size, size, dtype=torch.uint8)
+    decoding = tqdm(listing.samples, desc=f"decoding {folder.name}", unit="img", mininterval=2)
+    for i, (rel, _, _, _) in enumerate(decoding):
         try:
-            with Image.open(path) as im:
+            with Image.open(folder / rel) as im:
                 im = im.convert(mode)
         except OSError as e:
-            raise DatasetError(f"cannot read image {path}: {e}; remove or replace the file") from None
+            raise DatasetError(f"cannot read image {folder / rel}: {e}; remove or replace the file") from None
         if im.size != (size, size):  # shorter side to `size`, then a centre crop
             im = TF.center_crop(TF.resize(im, size, antialias=True), size)
         images[i] = TF.pil_to_tensor(im)
-    labels = torch.tensor(ds.targets, dtype=torch.long)
-    save_cache({"images": images, "labels": labels, "classes": ds.classes}, cache)
-    return ImageSet(images, labels), ds.classes
+    save_cache({"images": images, "labels": labels, "classes": listing.classes}, cache)
+    return ImageSet(images, labels), listing.classes
 
 
 def image_folder(root: str, test_root: Optional[str] = None, test_fraction: float = 0.1, resolution: int = 32,
                  image_size: Optional[int] = None, channels: int = 3, num_classes: int = 10,
                  cache_dir: str = "~/.cache/mindiff", seed: int = 0, hflip: bool = False) -> Dataset:
-    """A folder of class sub-folders (torchvision's ImageFolder). The held-out split is `test_root`,
-    else a sibling `test` folder of a `train` folder, else a seeded `test_fraction` of the images."""
+    """A folder of class sub-folders (torchvision's ImageFolder layout, checked before it is listed:
+    image_listing.py). The held-out split is `test_root`, else a sibling `test` folder of a `train` folder,
+    else a seeded `test_fraction` of the images."""
     root_path, cache = Path(root).expanduser(), Path(cache_dir).expanduser()
-    train, classes = _decode_folder(root_path, resolution, channels, cache)
+    train, classes = _decode_folder(root_path, resolution, channels, cache, num_classes, "dataset.root")
     if test_root is None and root_path.name == "train" and (root_path.parent / "test").is_dir():
         test_root = str(root_path.parent / "test")
     if test_root is not None:
-        test, test_classes = _decode_folder(Path(test_root).expanduser(), resolution, channels, cache)
+        test, test_classes = _decode_folder(Path(test_root).expanduser(), resolution, channels, cache, num_classes,
+                                            "dataset.test_root")
         if test_classes != classes:
             raise DatasetError(f"{test_root} has classes {test_classes}, but {root} has {classes}")
     else:
@@ -197,8 +200,6 @@ def image_folder(root: str, test_root: Optional[str] = None, test_fraction: floa
         n_test = max(1, int(len(train) * test_fraction))
         test = ImageSet(train.images[order[:n_test]], train.labels[order[:n_test]])
         train = ImageSet(train.images[order[n_test:]], train.labels[order[n_test:]])
-    if len(classes) != num_classes:
-        raise DatasetError(f"{root} has {len(classes)} class folders; set dataset.num_classes={len(classes)}")
     return Dataset(train, test, num_classes, hflip)
 
 

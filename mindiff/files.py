@@ -1,36 +1,61 @@
 """Files a run writes: whole or not at all, into folders checked before the work, one writer per run dir."""
 
 import fcntl
+import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from mindiff.errors import UserError
+from mindiff.errors import UserError, one_line
+
+log = logging.getLogger(__name__)
 
 
 class UnwritablePath(UserError):
     """A path that cannot be written; the message names it and the setting that chose it."""
 
 
+class WriteFailed(UnwritablePath, OSError):
+    """A write that failed half-way (a full disk, a file-size limit, a lost mount): the file there is the one
+    from before. Still an OSError, for the callers that add their own advice."""
+
+
 def atomic_write(path: Path, write: Callable[[object], None]) -> Path:
     """`write(f)` into a temp file beside `path`, fsync it, then rename it into place: a reader (or a kill
     or power loss at any moment) sees the old file or the new one, never a torn one. Each process has its
-    own temp file, so parallel sweep jobs writing one cache file do not clash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    own temp file, so parallel sweep jobs writing one cache file do not clash. Every file mindiff writes
+    goes through here, so every failed write says the same one line (WriteFailed)."""
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    existed = path.is_file()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, UserError):
+            raise _write_failed(path, e, existed) from None
         raise
     return path
+
+
+def _write_failed(path: Path, e: OSError, existed: bool) -> WriteFailed:
+    """The one message of a failed write. `reason` and `errno` are kept for callers that word their own (not as
+    strerror: OSError's str() would then print it instead of the message)."""
+    reason = e.strerror or one_line(e)
+    previous = f"the previous {path.name} is intact" if existed else "nothing was written there"
+    error = WriteFailed(f"could not write {path} ({reason}); {previous}: free some space, or choose a writable "
+                        f"place, and run it again")
+    error.errno, error.path, error.reason = e.errno, path, reason
+    return error
 
 
 def save_text(text: str, path: Path) -> Path:
@@ -40,6 +65,58 @@ def save_text(text: str, path: Path) -> Path:
 def save_cache(obj, path: Path) -> None:
     """A cache file (tensors and plain values only) that parallel sweep jobs may write at once."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a cached tensor must be: its shape and dtype (its values are not trusted either way)."""
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+
+    @staticmethod
+    def of(tensors: Dict[str, torch.Tensor]) -> Dict[str, "TensorSpec"]:
+        """The specs of a state dict's tensors."""
+        return {k: TensorSpec(tuple(v.shape), v.dtype) for k, v in tensors.items()}
+
+
+def _check_layout(value, spec, where: str = "") -> None:
+    """`value` is what `spec` says: a dict with exactly its keys (each checked in turn; at the top level more
+    keys may come along, unread), a tensor of a TensorSpec's shape and dtype, an instance of a type, or equal
+    to any other value (tensors: torch.equal)."""
+    if isinstance(spec, dict):
+        keys = set(value) if isinstance(value, dict) else set()
+        if not isinstance(value, dict) or not keys >= set(spec) or (where and keys != set(spec)):
+            found = sorted(map(str, value)) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(f"{where or 'it'} holds {found}, not {sorted(spec)}")
+        for key, inner in spec.items():
+            _check_layout(value[key], inner, f"{where}[{key!r}]" if where else str(key))
+    elif isinstance(spec, TensorSpec) or isinstance(spec, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or (tuple(value.shape), value.dtype) != (tuple(spec.shape), spec.dtype):
+            found = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{where} is {found}, not {tuple(spec.shape)} {spec.dtype}")
+        if isinstance(spec, torch.Tensor) and not torch.equal(value, spec):
+            raise ValueError(f"{where} holds other values than this data's")
+    elif isinstance(spec, type):
+        if not isinstance(value, spec):
+            raise ValueError(f"{where} is a {type(value).__name__}, not a {spec.__name__}")
+    elif isinstance(value, torch.Tensor) or value != spec:
+        raise ValueError(f"{where} is {str(value)[:60]!r}, not {str(spec)[:60]!r}")
+
+
+def load_cache(path: Path, spec: dict, what: str) -> Optional[dict]:
+    """A file save_cache wrote, read as data (weights_only) and checked against `spec` (see _check_layout)
+    before anything uses it; None when there is none, or (one warning line naming it) when it is torn,
+    foreign or made for other data: the caller makes it again and save_cache replaces it."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        _check_layout(saved, spec)
+        return saved
+    except Exception as e:  # a torn or foreign file is made again, never trusted
+        log.warning("%s %s is unreadable or not this data's (%s); making it again", what, path,
+                    one_line(e)[:200])
+        return None
 
 
 def _probe(folder: Path, label: str, create: bool) -> None:

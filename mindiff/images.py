@@ -1,17 +1,31 @@
 """Pictures: sample grids as PNG and the grids over training as an animated GIF."""
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from PIL import Image
 
 from mindiff.files import atomic_write
 
+# The picture files a grid may be written as, by suffix (lower case); a suffix not here is written as PNG.
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".webp": "WEBP"}
+
+
+def image_format(path) -> Optional[str]:
+    """The format PIL writes for `path`'s suffix, or None when it is no picture suffix PIL can write here."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is not None:
+        Image.init()  # registers the writers PIL has (WEBP only with libwebp)
+    return fmt if fmt in Image.SAVE else None
+
 
 def save_grid(images_uint8: torch.Tensor, path: Path, nrow: int) -> Path:
-    """Write N x C x H x W uint8 images as one PNG grid, `nrow` images per row, 2 black pixels apart."""
-    return atomic_write(path, lambda f: Image.fromarray(grid(images_uint8.cpu(), nrow).numpy()).save(f, format="PNG"))
+    """Write N x C x H x W uint8 images as one grid picture (PNG, or the format of the suffix: FORMATS),
+    `nrow` images per row, 2 black pixels apart."""
+    fmt = image_format(path) or "PNG"
+    return atomic_write(path, lambda f: Image.fromarray(grid(images_uint8.cpu(), nrow).numpy()).save(f, format=fmt))
 
 
 def grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
