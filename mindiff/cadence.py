@@ -1,9 +1,12 @@
 """When a run writes what: at the end of each pass over the data, the tag, the snapshot, the grid, the
 evaluation and whether the run ends, decided by a pure function of where the run stands and the trainer
-settings (so it is unit-tested without a run)."""
+settings (so it is unit-tested without a run); and how that side work runs, so it never costs the epoch."""
 
 from dataclasses import dataclass
-from typing import Container, Optional
+from typing import Callable, Container, Optional, Tuple
+
+from mindiff.errors import not_fatal
+from mindiff.signals import Stopped, raise_if_stopping
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,22 @@ def epoch_actions(epoch: int, step: int, steps_per_epoch: int, *, epochs: int, s
                         evaluate=bool(eval_every) and ((run_ends and (finished or eval_at_max_steps))
                                                        or (done and epoch % eval_every == 0)),
                         run_ends=run_ends)
+
+
+def side_work(act: EpochActions, write_samples: Callable[[], None],
+              evaluate: Callable[[], dict]) -> Tuple[dict, Optional[str]]:
+    """The grid and the evaluation that `act` asks for, once the epoch's checkpoint is written. One that fails
+    is one warning line and the run goes on; a stop request abandons them at their next step (nothing of
+    them is saved). Returns the scores, and what was abandoned (None if nothing)."""
+    scores, work = {}, None
+    try:
+        raise_if_stopping()
+        if act.samples:
+            with not_fatal(work := f"the sample grid at {act.tag}"):
+                write_samples()
+        if act.evaluate:
+            with not_fatal(work := f"the evaluation at {act.tag}"):
+                scores = evaluate()
+    except Stopped:
+        return scores, work or "the side work"
+    return scores, None

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mindiff.errors import UserError, not_fatal
-from mindiff.files import save_cache
+from mindiff.files import TensorSpec, load_cache, save_cache
 from mindiff.data import Dataset, epoch_batches, to_unit_range
 from mindiff.models.classifier import Classifier
 from mindiff.runtime import autocast
+from mindiff.signals import checked
 
 log = logging.getLogger(__name__)
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # where torch-fidelity's download lands
@@ -109,7 +110,8 @@ def train_classifier(data: Dataset, device, epochs: int, batch_size: int = 128, 
     model.train()
     for epoch in range(epochs):
         batches = list(epoch_batches(len(images), batch_size, seed, epoch, device))
-        for idx in tqdm(batches, desc=f"training the eval classifier, epoch {epoch + 1}/{epochs}", leave=False):
+        desc = f"training the eval classifier, epoch {epoch + 1}/{epochs}"
+        for idx in checked(tqdm(batches, desc=desc, leave=False)):
             x = augment(to_unit_range(images[idx]), shift, flip, g)
             with amp:
                 loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.1)
@@ -124,7 +126,7 @@ def train_classifier(data: Dataset, device, epochs: int, batch_size: int = 128, 
 def predict(model: Classifier, images_uint8: torch.Tensor, device, batch_size: int = 500):
     """(features, predicted classes) for uint8 images."""
     feats, preds = [], []
-    for i in range(0, len(images_uint8), batch_size):
+    for i in checked(range(0, len(images_uint8), batch_size)):
         f = model.features(to_unit_range(images_uint8[i:i + batch_size].to(device)))
         feats.append(f.float().cpu())
         preds.append(model.head(f).argmax(1).cpu())
@@ -178,8 +180,9 @@ class Evaluator:
     def _classifier(self, path: Path, epochs: int):
         c, h, _ = self.data.image_shape
         model = Classifier(c, h, self.data.num_classes).to(self.device)
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_cache(path, {"model": TensorSpec.of(model.state_dict()), "test_accuracy": float},
+                           "cached evaluation classifier")  # None: none yet, torn, or not this model's
+        if saved is not None:
             model.load_state_dict(saved["model"])
             return model.eval(), saved["test_accuracy"]
         log.info("training the evaluation classifier (once per dataset; cached at %s)", path)

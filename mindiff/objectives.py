@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mindiff.data import Dataset, PixelBatches, to_uint8, to_unit_range
 from mindiff.models.class_embedding import NULL_CLASS
+from mindiff.signals import checked
 
 Terms = Dict[str, torch.Tensor]
 
@@ -131,7 +132,7 @@ class AlphaBlend:
         steps = steps or self.sample_steps
         ts = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
         x = noise
-        for i in range(steps):
+        for i in checked(range(steps)):  # a stop request ends sampling within a step
             dt = ts[i] - ts[i + 1]
             v = self.velocity(model, x, ts[i], y)
             if self.sampler == "heun":  # the slope at the Euler step's end too, then their mean
@@ -193,7 +194,7 @@ class InLatentSpace(AlphaBlend):
     @torch.no_grad()
     def encode(self, images_uint8: torch.Tensor, batch_size: int = 500, desc: str = "encoding") -> torch.Tensor:
         chunks = [self.autoencoder.encode(to_unit_range(images_uint8[i:i + batch_size])).float()
-                  for i in tqdm(range(0, len(images_uint8), batch_size), desc=desc, unit="batch", leave=False)]
+                  for i in checked(tqdm(range(0, len(images_uint8), batch_size), desc=desc, unit="batch", leave=False))]
         return torch.cat(chunks)
 
     def inputs(self, data: Dataset, device) -> LatentBatches:

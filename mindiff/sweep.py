@@ -11,9 +11,10 @@ from typing import List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from mindiff.errors import first_line
+from mindiff.errors import first_line, one_line
 
 log = logging.getLogger(__name__)
+REFUSED = ".refused"  # a sweep's jobs refused because a live training held their run dir (mindiff.train.main)
 
 
 @dataclass
@@ -30,15 +31,37 @@ class RunRecord:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    """A run dir as its record; a file there that cannot be read (torn, edited, not what a run writes) makes
+    the run's status say so, for that run alone."""
+    overrides = _read_overrides(run_dir / ".hydra" / "overrides.yaml")
     metrics_file, failed = run_dir / "metrics.json", run_dir / "FAILED"
+    if overrides is None:
+        return RunRecord(run_dir, [], "unreadable overrides.yaml", f"{run_dir / '.hydra/overrides.yaml'} is not a "
+                                                                   f"list of overrides")
     if failed.is_file():
-        return RunRecord(run_dir, overrides, "failed", first_line(failed.read_text()))
+        return RunRecord(run_dir, overrides, "failed", first_line(failed.read_text(errors="replace")))
     if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-        return RunRecord(run_dir, overrides, metrics.pop("status", "finished"), metrics=metrics)
+        try:
+            metrics = json.loads(metrics_file.read_text())
+            if not isinstance(metrics, dict):
+                raise ValueError(f"a JSON {type(metrics).__name__}, not an object")
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return RunRecord(run_dir, overrides, "unreadable metrics.json",
+                             f"{metrics_file} cannot be read ({one_line(e)[:120]}); the run's final metrics are also "
+                             f"in its checkpoints/last.pt")
+        return RunRecord(run_dir, overrides, str(metrics.pop("status", "finished")), metrics=metrics)
     return RunRecord(run_dir, overrides, "running or killed", "no metrics.json: resume it with trainer.resume=auto")
+
+
+def _read_overrides(path: Path) -> Optional[List[str]]:
+    """The overrides a run was started with ([] without the file), or None when the file is not a list."""
+    if not path.is_file():
+        return []
+    try:
+        overrides = OmegaConf.load(path)
+    except Exception:  # YAML errors, bad bytes, an unreadable file: the run says so
+        return None
+    return [str(o) for o in overrides] if OmegaConf.is_list(overrides) else None
 
 
 def find_runs(sweep_dir: Path) -> List[RunRecord]:
@@ -67,12 +90,14 @@ class SweepSummary(Callback):
             return
         runs = find_runs(sweep_dir)
         failed = [r for r in runs if r.status == "failed"]
+        refused = sorted((sweep_dir / REFUSED).glob("*")) if (sweep_dir / REFUSED).is_dir() else []
         lines = [f"sweep {sweep_dir}: {len(runs) - len(failed)} of {len(runs)} runs ok"]
         for r in runs:
             detail = r.reason or (f"final_loss {r.metrics['final_loss']:.4f}" if "final_loss" in r.metrics else "")
             lines.append(f"  {r.status:<9} {r.path.name}  {detail}")
+        lines += [f"  refused   job {p.name}: {first_line(p.read_text(errors='replace'))}" for p in refused]
         log.info("\n".join(lines))
-        if failed:
+        if failed or refused:
             sys.exit(1)
 
 

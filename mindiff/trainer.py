@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mindiff.build import build, load_autoencoder, objective_for, plain, read_checkpoint
-from mindiff.cadence import epoch_actions
-from mindiff.checkpoint import checkpoint_to_resume, prune_snapshots, save_checkpoint
+from mindiff.build import build, load_autoencoder, objective_for, plain
+from mindiff.cadence import epoch_actions, side_work
+from mindiff.checkpoint import prune_snapshots, save_checkpoint
 from mindiff.config import ConfigError, validate
 from mindiff.data import DatasetError, epoch_batches, to_uint8
 from mindiff.errors import NonFiniteLoss, not_fatal
@@ -26,9 +26,9 @@ from mindiff.images import save_gif, save_grid
 from mindiff.latent_cache import cached_inputs
 from mindiff.metrics import Evaluator, classifier_floor
 from mindiff.objectives import epoch_terms
-from mindiff.resume import check_same_data, check_same_run, restore
+from mindiff.resume import EpochSums, already_finished, check_same_data, kept_checkpoint, restore, resume_point
 from mindiff.runtime import autocast, pick_device, rng_state, side_effect_free
-from mindiff.signals import StopSignal
+from mindiff.signals import StopSignal, exit_on_stop, shielded
 from mindiff.speed import apply_speed
 from mindiff.tracking import RunInfo, Throughput, Tracker, choose_mode
 
@@ -66,9 +66,9 @@ class Run:
                                total_steps=self.steps_per_epoch * tc.epochs, capturable=tc.cuda_graph)
         self.train_step = GraphedStep(self.eager_step, device) if tc.cuda_graph else self.eager_step
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.epoch, self.step, self.metrics, self.evaluator = 0, 0, {}, None
-        if state is not None:
-            self.epoch, self.step, self.metrics = restore(state, ckpt_path, model, self.optimizer, self.steps_per_epoch)
+        self.evaluator, self.abandoned = None, None  # abandoned: the side work a stop request cut short
+        self.epoch, self.step, self.metrics, self.sums = (0, 0, {}, EpochSums()) if state is None else restore(
+            state, ckpt_path, model, self.optimizer, self.steps_per_epoch)
         self.tracker = Tracker(wandb_mode if self.d.main else "disabled", info, resolved, cfg.logger,
                                run_id=state["wandb_run_id"] if state is not None else None)
         self.tracker.summary({"parameters": self.n_params})
@@ -87,14 +87,15 @@ class Run:
         skip = self.step - self.epoch * self.steps_per_epoch  # batches of this epoch done before a resume
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{tc.epochs}",
                    unit="step", dynamic_ncols=True, leave=False)
-        pending, self.losses, self.throughput, self.terms = [], [], Throughput(tc.batch_size), {}
+        pending, self.losses, self.throughput = [], [], Throughput(tc.batch_size)
+        if not skip:  # a new epoch; resumed mid-epoch, the sums it had go on
+            self.sums = EpochSums()
         batches = epoch_batches(len(self.inputs), tc.batch_size, tc.seed, self.epoch, self.device)
         for idx in itertools.islice(batches, skip, None):
             loss, terms = self.train_step(idx)
             self.step += 1
             pending.append(loss)
-            for name, value in terms.items():  # summed on the device; read once, at the end of the pass
-                self.terms[name] = self.terms.get(name, 0) + value
+            self.sums.add_terms(terms)
             bar.update(1)
             if len(pending) == tc.log_every:
                 self.flush(pending)
@@ -128,13 +129,12 @@ class Run:
         first = self.step - len(losses) + 1
         for i, value in enumerate(losses):
             if not math.isfinite(value):
-                last = self.ckpt_dir / "last.pt"
-                kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written yet"
-                raise NonFiniteLoss(f"loss became {value} at step {first + i}; {kept}. Lower optim.lr or try "
-                                    f"trainer.precision=fp32")
+                raise NonFiniteLoss(f"loss became {value} at step {first + i}; {kept_checkpoint(self.ckpt_dir)}. "
+                                    f"Lower optim.lr or try trainer.precision=fp32")
             step = first + i
             self.tracker.log({"loss": value, "lr": self.optimizer.lr_at(step), "epoch": self.epoch}, step=step)
         self.losses += losses
+        self.sums.add(losses)
 
     def end_epoch(self, stopped: bool, signalled: bool) -> None:
         """Logs the pass, checkpoints, then does the side work that `epoch_actions` asks for."""
@@ -145,10 +145,10 @@ class Run:
                             ckpt_every=tc.ckpt_every, eval_every=self.ec.every,
                             eval_at_max_steps=self.ec.at_max_steps)
         self.epoch = act.epoch
-        self.metrics.update(final_loss=sum(losses) / max(1, len(losses)), epochs=self.epoch, steps=self.step,
+        self.metrics.update(final_loss=self.sums.mean_loss, epochs=self.epoch, steps=self.step,
                             images_per_s=images_per_s)
         record = {"epoch": self.epoch, "step": self.step, "loss": self.metrics["final_loss"],
-                  **epoch_terms(self.terms, len(losses))}  # a line of metrics.jsonl, with the scores if evaluated
+                  **epoch_terms(self.sums.terms, self.sums.steps)}  # a line of metrics.jsonl, + scores if evaluated
         self.tracker.log({"epoch_time_s": seconds, "images_per_s": images_per_s, "epoch_loss": record["loss"],
                           **record}, step=self.step)
         log.info("epoch %d/%d  step %d  loss %.4f  %.0f img/s  %.1fs", self.epoch, tc.epochs, self.step,
@@ -156,17 +156,15 @@ class Run:
         if not self.d.main:  # rank 0 alone writes
             return
         # the checkpoint first: nothing after it (a grid, an evaluation) can lose the epoch
-        self.write_checkpoint("last.pt", *([f"{act.tag}.pt"] if act.snapshot else []))
+        with shielded():
+            self.write_checkpoint("last.pt", *([f"{act.tag}.pt"] if act.snapshot else []))
         prune_snapshots(self.ckpt_dir, tc.keep_last, tc.sample_epochs)
-        if act.samples:
-            with not_fatal(f"the sample grid at {act.tag}"):
-                self.write_samples(act.tag)
-        if act.evaluate:
-            with not_fatal(f"the evaluation at {act.tag}"):
-                record.update(self.evaluate(act.tag))
-            if act.run_ends:  # the final scores belong in the final checkpoint (a re-run sweep returns them)
+        scores, self.abandoned = side_work(act, lambda: self.write_samples(act.tag), lambda: self.evaluate(act.tag))
+        record.update(scores)
+        if scores and act.run_ends:  # the final scores belong in the final checkpoint (a re-run sweep returns them)
+            with shielded():
                 self.write_checkpoint("last.pt")
-        with not_fatal("metrics.jsonl"), open(self.info.run_dir / "metrics.jsonl", "a") as f:
+        with shielded(), not_fatal("metrics.jsonl"), open(self.info.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def write_samples(self, tag: str) -> None:
@@ -196,7 +194,8 @@ class Run:
                         "model": self.model.state_dict(), "train_model": train_weights,
                         "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                         "rng": rng_state(), "wandb_run_id": self.tracker.run_id, "parameters": self.n_params,
-                        "metrics": dict(self.metrics), "train_images": len(self.data.train)}
+                        "metrics": dict(self.metrics), "train_images": len(self.data.train),
+                        "epoch_partial": self.sums.state()}
             for name in names:
                 save_checkpoint(snapshot, self.ckpt_dir / name)
 
@@ -218,39 +217,39 @@ class Run:
 
 
 def train(cfg: DictConfig, info: RunInfo) -> dict:
-    """Train the model the config describes; returns the final metrics (also in run_dir/metrics.json)."""
-    validate(cfg)
-    tc, d = cfg.trainer, info.dist
-    if tc.batch_size % d.world:
-        raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must divide evenly over "
-                          f"{d.world} processes")
-    device = d.device(pick_device(tc.device))
-    apply_speed(cfg, device, d.world)  # trainer.speed=auto becomes the knobs themselves, before anything is built
-    resolved = plain(cfg)  # what the checkpoint records; every object is built from it, through the allowlist
-    wandb_mode = choose_mode(cfg.logger.mode)
-    if d.main:  # this process alone trains there; the eval cache, first written after an epoch, is checked now
-        lock_run_dir(info.run_dir)
-        if cfg.eval.every:
-            check_writable_dir(cfg.eval.cache_dir, "eval.cache_dir (or $MINDIFF_CACHE)")
-    ckpt_path = checkpoint_to_resume(tc.resume, info.run_dir)
-    state = read_checkpoint(ckpt_path) if ckpt_path else None
-    if state is not None:
-        check_same_run(state["config"], resolved, ckpt_path)
-        if state["epoch"] >= tc.epochs:
-            log.info("%s already finished its %d epochs; nothing to train", info.run_dir, tc.epochs)
-            return {**state.get("metrics", {}), "status": "already finished"}
-
-    run = Run(cfg, info, resolved, device, wandb_mode, state, ckpt_path)
-    exit_code = 1
-    with StopSignal() as stop:
+    """Train the model the config describes; returns the final metrics (also in run_dir/metrics.json).
+    A signal before the loop, or a second one in it, ends it at once: one line, exit code 128 + signal."""
+    with exit_on_stop(lambda line: log.warning("%s; %s", line, kept_checkpoint(info.run_dir / "checkpoints"))) as stop:
+        validate(cfg)
+        tc, d = cfg.trainer, info.dist
+        if tc.batch_size % d.world:
+            raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must divide evenly over "
+                              f"{d.world} processes")
+        device = d.device(pick_device(tc.device))
+        apply_speed(cfg, device, d.world)  # trainer.speed=auto becomes the knobs themselves, before anything is built
+        resolved = plain(cfg)  # what the checkpoint records; every object is built from it, through the allowlist
+        wandb_mode = choose_mode(cfg.logger.mode)
+        if d.main:  # this process alone trains there; the eval cache, first written after an epoch, is checked now
+            lock_run_dir(info.run_dir)
+            if cfg.eval.every:
+                check_writable_dir(cfg.eval.cache_dir, "eval.cache_dir (or $MINDIFF_CACHE)")
+        ckpt_path, state = resume_point(tc.resume, info.run_dir, resolved)
+        if state is not None and (finished := already_finished(state, tc.epochs, info.run_dir, d.main)) is not None:
+            return finished
+        run = Run(cfg, info, resolved, device, wandb_mode, state, ckpt_path)
+        exit_code = 1
         try:
-            stopped = run.at_max_steps()
-            while run.epoch < tc.epochs and not stopped:
-                stopped = run.train_epoch(stop)
-                run.end_epoch(stopped, signalled=stopped and stop.agreed(d))
+            with stop.deferring():  # from here a signal lets the step end and the checkpoint be written
+                stopped = run.at_max_steps()
+                while run.epoch < tc.epochs and not stopped:
+                    stopped = run.train_epoch(stop)
+                    run.end_epoch(stopped, signalled=stopped and stop.agreed(d))
+                    stopped = stopped or stop.agreed(d)  # a signal in the grid or evaluation: stop at the epoch's end
             if stop.signum is not None:
-                log.warning("stopped by %s at step %d; checkpoint saved to %s; continue with hydra.run.dir=%s "
-                            "trainer.resume=auto", stop.name, run.step, run.ckpt_dir / "last.pt", info.run_dir)
+                abandoned = f" ({run.abandoned} was abandoned)" if run.abandoned else ""
+                log.warning("stopped by %s at step %d%s; checkpoint saved to %s; continue with hydra.run.dir=%s "
+                            "trainer.resume=auto", stop.name, run.step, abandoned, run.ckpt_dir / "last.pt",
+                            info.run_dir)
                 raise SystemExit(128 + stop.signum)
             metrics = run.finish()
             exit_code = 0

@@ -85,15 +85,35 @@ def test_resume_after_a_stop_ends_with_bit_identical_weights(tmp_path, train_cli
         for k in a:
             assert torch.equal(a[k], b[k]), k
     assert load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["step"] == 24
+    # the numbers too: each epoch's line (and final_loss) covers the whole epoch, not only the steps after a resume
+    assert_same_losses(losses(tmp_path / "resumed"), losses(tmp_path / "straight"))
+
+
+def losses(run_dir) -> dict:
+    """final_loss of metrics.json, and the loss and its terms in each whole epoch's line of metrics.jsonl."""
+    found = {"final_loss": json.loads((run_dir / "metrics.json").read_text())["final_loss"]}
+    for line in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        if line["step"] == 8 * line["epoch"]:  # 8 steps an epoch; a stop's partial pass is logged under its step
+            found.update({f"{line['epoch']}:{key}": value for key, value in line.items() if key.startswith("loss")})
+    return found
+
+
+def assert_same_losses(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and len(a) == 1 + 3 * 14  # loss, 3 terms, 10 bins of t per epoch
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
 def test_resume_auto_on_a_finished_run_trains_nothing(tmp_path, train_cli):
     train_cli("trainer.epochs=1", "logger.mode=disabled")
     before = weights(tmp_path / "run/checkpoints/last.pt")[0]
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    (tmp_path / "run/metrics.json").unlink()  # killed after its last checkpoint, before metrics.json
     proc = train_cli("trainer.epochs=1", "logger.mode=disabled", "trainer.resume=auto")
     assert "already finished" in proc.stderr + proc.stdout
     after = weights(tmp_path / "run/checkpoints/last.pt")[0]
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((tmp_path / "run/metrics.json").read_text()) == metrics  # written from the checkpoint
 
 
 def test_bad_value_is_one_line_and_exit_code_2_before_any_work(tmp_path, train_cli):
@@ -177,7 +197,7 @@ def test_sigterm_saves_a_checkpoint_closes_wandb_and_exits_nonzero(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" in out + err and "trainer.resume=auto" in out + err
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["step"] > 0 and state["step"] % 64 != 0  # saved mid-epoch, where it stopped
+    assert state["step"] > 0 and f"stopped by SIGTERM at step {state['step']}" in out + err  # saved where it stopped
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
