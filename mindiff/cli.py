@@ -1,14 +1,16 @@
 """What the CLIs share: key=value arguments into a typed schema, and user errors printed as one
 line with exit code 2."""
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Callable, Optional, Sequence, Type, TypeVar
 
 from omegaconf import OmegaConf
 
-from mindiff.config import SAMPLERS, ConfigError, check_choice
+from mindiff.values import ConfigError, check_values
 from mindiff.errors import UserError, first_line
+from mindiff.signals import exit_on_stop
 
 
 def user_error(e: BaseException) -> Optional[BaseException]:
@@ -33,14 +35,26 @@ def exit_on_user_error(prog: str):
         sys.exit(2)
 
 
+def check_cli_values(group: str, **values) -> None:
+    """A CLI's arguments that are also config keys (`steps` is schedule.sample_steps, ...) pass the same
+    value checks; the message names the argument as the user typed it."""
+    given = {key: value for key, value in values.items() if value is not None}
+    try:
+        check_values({group: {CONFIG_KEY.get(key, key): value for key, value in given.items()}})
+    except ConfigError as e:
+        message = str(e).removeprefix(f"{group}.")
+        for key in given:
+            message = re.sub(rf"^{CONFIG_KEY.get(key, key)}\b", key, message)
+        raise ConfigError(message) from None
+
+
+CONFIG_KEY = {"steps": "sample_steps"}  # a CLI argument whose config key has another name
+
+
 def sampling_overrides(steps: Optional[int], sampler: Optional[str], guidance: Optional[float]) -> dict:
-    """A sampling CLI's steps/sampler/guidance as schedule settings; those not given keep the run's own."""
-    if steps is not None and steps <= 0:
-        raise ConfigError(f"steps={steps} must be > 0")
-    if sampler is not None:
-        check_choice("sampler", sampler, SAMPLERS)
-    if guidance is not None and not guidance >= 0:
-        raise ConfigError(f"guidance={guidance} must be >= 0 (1: no guidance)")
+    """A sampling CLI's steps/sampler/guidance as schedule settings; those not given keep the run's own
+    (whether guidance suits the model is checked against the checkpoint: build.from_checkpoint)."""
+    check_cli_values("schedule", steps=steps, sampler=sampler, guidance=guidance)
     given = {"sample_steps": steps, "sampler": sampler, "guidance": guidance}
     return {key: value for key, value in given.items() if value is not None}
 
@@ -52,7 +66,7 @@ R = TypeVar("R")
 def run_command(prog: str, schema: Type[T], command: Callable[[T], R], argv: Optional[Sequence[str]], doc: str) -> R:
     """A CLI's body: its key=value arguments parsed into `schema` and passed to `command`; a user error
     exits with one line and code 2. The usage shown is the first line of the module's `doc`."""
-    with exit_on_user_error(prog):
+    with exit_on_stop(lambda line: print(f"{prog}: {line}", file=sys.stderr)), exit_on_user_error(prog):
         return command(parse_args(schema, argv, first_line(doc)))
 
 

@@ -6,7 +6,6 @@ types only: every value, `_target_` included, has one home, the YAML option that
 Value ranges that a type cannot express, and keys left `???`, are checked by `validate`.
 """
 
-import math
 from pathlib import Path
 from dataclasses import field, make_dataclass
 from typing import Any, List, Optional
@@ -14,7 +13,9 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mindiff.errors import UserError, first_line
+from mindiff.errors import first_line
+from mindiff.values import (DEVICES, PRECISIONS, SAMPLERS, ConfigError, check_choice,  # noqa: F401 (re-exported)
+                            check_values, check_leaves)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"  # the config groups' YAML files
 
@@ -73,36 +74,6 @@ def register_schemas() -> None:
             cs.store(group=group, name=name, node=node)
 
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
-SAMPLERS = ("euler", "heun")
-CHOICES = {
-    ("trainer", "device"): DEVICES,
-    ("trainer", "precision"): PRECISIONS,
-    ("trainer", "speed"): ("manual", "auto"),
-    ("logger", "mode"): ("auto", "online", "offline", "disabled"),
-    ("optim", "algorithm"): ("schedulefree_adamw", "adamw"),
-    ("optim", "decay"): ("none", "cosine"),
-    ("schedule", "t_sampling"): ("uniform", "logit_normal"),
-    ("schedule", "sampler"): SAMPLERS,
-}
-POSITIVE = [
-    ("trainer", "epochs"), ("trainer", "batch_size"), ("trainer", "max_steps"),
-    ("trainer", "sample_every"), ("trainer", "sample_grid"), ("trainer", "ckpt_every"),
-    ("trainer", "log_every"), ("optim", "lr"), ("schedule", "sample_steps"), ("eval", "every"), ("eval", "n"),
-    ("eval", "classifier_epochs"), ("trainer", "keep_last"),
-    ("dataset", "channels"), ("dataset", "image_size"), ("dataset", "num_classes"), ("dataset", "resolution"),
-    ("dataset", "train_size"), ("dataset", "test_size"),
-]
-NOT_NEGATIVE = [("optim", "weight_decay"), ("optim", "min_lr"), ("optim", "warmup_steps"),
-                ("schedule", "ssim_weight"), ("schedule", "guidance")]
-LOSS_TERMS = ("target", "eps", "x0", "ssim")
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that has the right type but cannot work; the message says what to change."""
-
-
 def missing_cpp_compiler() -> Optional[str]:
     """Why torch.compile cannot build CPU kernels on this machine, or None when it can."""
     try:
@@ -116,11 +87,6 @@ def missing_cpp_compiler() -> Optional[str]:
     return None
 
 
-def check_choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-
-
 def check_device(requested: str, key: str = "trainer.device") -> None:
     """`key`: the setting's name as the user typed it (trainer.device, or a CLI's device)."""
     check_choice(key, requested, DEVICES)
@@ -130,73 +96,21 @@ def check_device(requested: str, key: str = "trainer.device") -> None:
             raise ConfigError(f"{key}=cuda but no CUDA device is visible; use {key}=auto or {key}=cpu")
 
 
-def _leaves(node, key: str = ""):
-    """(dotted key, value) of every leaf of a plain container."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _leaves(v, f"{key}.{k}" if key else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _leaves(v, f"{key}[{i}]")
-    else:
-        yield key, node
-
-
-def _check_leaves(cfg: DictConfig) -> None:
-    """nan and inf pass every range check (nan <= 0 is False), so every float is checked for them; a key
-    left ??? (no YAML gave it a value) is named here rather than read as the text '???'."""
-    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=False)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key}={value} must be a finite number")
-        if value == MISSING and not key.startswith("hydra."):
-            raise ConfigError(f"{key} has no value; set it, e.g. {key}=...")
-
-
 def validate(cfg: DictConfig) -> None:
-    """Check the value ranges of a composed config, raising ConfigError naming the key."""
-
-    def get(group: str, key: str) -> Any:
-        return cfg.get(group, {}).get(key) if group in cfg else None
-
-    _check_leaves(cfg)
-    for (group, key), allowed in CHOICES.items():
-        value = get(group, key)
-        if value is not None:
-            check_choice(f"{group}.{key}", value, allowed)
-    for group, key in POSITIVE:
-        value = get(group, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{group}.{key}={value} must be > 0")
-    for group, key in NOT_NEGATIVE:
-        value = get(group, key)
-        if value is not None and value < 0:
-            raise ConfigError(f"{group}.{key}={value} must be >= 0")
-    for i, beta in enumerate(get("optim", "betas") or []):
-        if not 0 <= beta < 1:
-            raise ConfigError(f"optim.betas[{i}]={beta} must be in [0, 1)")
-    fraction = get("dataset", "test_fraction")
-    if fraction is not None and not 0 < fraction < 1:
-        raise ConfigError(f"dataset.test_fraction={fraction} must be between 0 and 1")
-    ema = get("optim", "ema")
-    if ema is not None and not 0 < ema < 1:
-        raise ConfigError(f"optim.ema={ema} must be a decay in (0, 1), e.g. 0.999, or null for no EMA")
-    floor = get("eval", "min_classifier_accuracy")
-    if floor is not None and not 0 <= floor <= 1:
-        raise ConfigError(f"eval.min_classifier_accuracy={floor} must be in [0, 1]: a held-out accuracy (0: no floor)")
-    dropout = get("schedule", "label_dropout")
-    if dropout is not None and not 0 <= dropout < 1:
-        raise ConfigError(f"schedule.label_dropout={dropout} must be in [0, 1): the share of labels replaced by "
-                          f"the null class")
-    check_device(get("trainer", "device") or "auto")
-    for term in get("schedule", "loss_terms") or []:
-        if term not in LOSS_TERMS:
-            raise ConfigError(f"schedule.loss_terms has {term!r}; each term must be one of {', '.join(LOSS_TERMS)}")
-    compiled = [knob for knob, on in (("trainer.compile", get("trainer", "compile")),
-                                      ("optim.fused", get("optim", "fused") and get("optim", "algorithm") == "schedulefree_adamw"))
+    """Check a composed config's values, and what it asks of this machine, raising ConfigError naming the key."""
+    if not OmegaConf.has_resolver("mindiff.input_shape"):  # a bug, not a user error: resolving needs them
+        raise RuntimeError("validate resolves the config: import mindiff.build first (it registers mindiff's resolvers)")
+    node = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    check_leaves(OmegaConf.to_container(node, resolve=False))  # ??? is named before resolving trips on it
+    check_values(OmegaConf.to_container(node, resolve=True))
+    trainer, optim = cfg.get("trainer", {}), cfg.get("optim", {})
+    check_device(trainer.get("device") or "auto")
+    compiled = [knob for knob, on in (("trainer.compile", trainer.get("compile")),
+                                      ("optim.fused", optim.get("fused") and optim.get("algorithm") == "schedulefree_adamw"))
                 if on]
-    if compiled and get("trainer", "device") != "cuda":
+    if compiled and trainer.get("device") != "cuda":
         import torch
-        why = None if torch.cuda.is_available() and get("trainer", "device") == "auto" else missing_cpp_compiler()
+        why = None if torch.cuda.is_available() and trainer.get("device") == "auto" else missing_cpp_compiler()
         if why:
             knobs = " and ".join(f"{k}=true" for k in compiled)
             raise ConfigError(f"{knobs} compile CPU kernels, which needs a C++ compiler ({why}); install one "

@@ -12,7 +12,7 @@ class UserError(Exception):
     """Base of every error a user can act on; the message names the key, file or folder and what to do."""
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(UserError, FloatingPointError):
     """The training loss became nan or inf; the message names the step and what was kept."""
 
 

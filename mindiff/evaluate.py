@@ -17,8 +17,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from mindiff.build import build, from_checkpoint, read_checkpoint
-from mindiff.cli import run_command, sampling_overrides
-from mindiff.config import CONF, PRECISIONS, ConfigError, check_choice
+from mindiff.cli import check_cli_values, run_command, sampling_overrides
+from mindiff.config import CONF, PRECISIONS, check_choice
 from mindiff.files import check_writable_dir, check_writable_file, save_text
 from mindiff.metrics import Evaluator, classifier_floor
 from mindiff.runtime import autocast, pick_device
@@ -54,8 +54,8 @@ def run_eval_setting(cfg, key: str, given):
 
 
 def evaluate(args: EvaluateArgs) -> dict:
-    if args.n <= 0:
-        raise ConfigError(f"n={args.n} must be > 0")
+    check_cli_values("eval", n=args.n, classifier_epochs=args.classifier_epochs,
+                     min_classifier_accuracy=args.min_classifier_accuracy, seed=args.seed)
     schedule = sampling_overrides(args.steps, args.sampler, args.guidance)
     check_choice("precision", args.precision, PRECISIONS)
     device = pick_device(args.device, key="device")
@@ -68,6 +68,8 @@ def evaluate(args: EvaluateArgs) -> dict:
         dataset_cfg["root"] = args.dataset_root
     if "download" in dataset_cfg:  # evaluation never downloads
         dataset_cfg["download"] = False
+    if "cache_dir" in dataset_cfg:  # a folder named in a file is never written to: caches come from here
+        dataset_cfg["cache_dir"] = args.cache_dir
     data = build(dataset_cfg, "dataset", args.ckpt)
     evaluator = Evaluator(data, device, args.cache_dir, run_eval_setting(cfg, "classifier_epochs", args.classifier_epochs),
                           args.inception_weights, args.fid,

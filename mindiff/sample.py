@@ -7,6 +7,7 @@ steps, sampler (euler | heun) and guidance default to the run's own schedule set
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
@@ -15,9 +16,12 @@ import torch
 from mindiff.build import from_checkpoint, read_checkpoint
 from mindiff.cli import run_command, sampling_overrides
 from mindiff.config import PRECISIONS, ConfigError, check_choice
-from mindiff.files import check_writable_file
+from mindiff.files import atomic_write, check_writable_file
 from mindiff.images import save_grid
 from mindiff.runtime import autocast, pick_device
+
+
+MAX_SAMPLES = 10**6
 
 
 @dataclass
@@ -36,10 +40,13 @@ class SampleArgs:
 
 
 def sample(args: SampleArgs) -> dict:
-    if args.n <= 0 or args.batch_size <= 0:
-        raise ConfigError("n and batch_size must be > 0")
+    for key, value in (("n", args.n), ("batch_size", args.batch_size)):
+        if not 0 < value <= MAX_SAMPLES:
+            raise ConfigError(f"{key}={value} must be in 1..{MAX_SAMPLES:,}")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"seed={args.seed} must be in 0..{2**32 - 1}")
     schedule = sampling_overrides(args.steps, args.sampler, args.guidance)
-    if not args.out.endswith((".npz", ".png")):
+    if Path(args.out).suffix.lower() not in (".npz", ".png"):
         raise ConfigError(f"out={args.out!r}: end it in .npz (arrays) or .png (a grid)")
     check_choice("precision", args.precision, PRECISIONS)
     device = pick_device(args.device, key="device")
@@ -54,10 +61,10 @@ def sample(args: SampleArgs) -> dict:
     image_shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     with autocast(device, args.precision):
         images = objective.generate(model, labels, image_shape, args.seed, args.batch_size, progress=True)
-    if out.suffix == ".png":
+    if out.suffix.lower() == ".png":
         save_grid(images, out, nrow=len(classes) if len(classes) > 1 else int(math.sqrt(args.n)))
-    else:
-        np.savez_compressed(out, images=images.numpy(), labels=labels.numpy())
+    else:  # whole or not at all: a failed write leaves the previous file as it was (files.atomic_write)
+        atomic_write(out, lambda f: np.savez_compressed(f, images=images.numpy(), labels=labels.numpy()))
     return {"images": images, "labels": labels, "out": out}
 
 

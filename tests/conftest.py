@@ -21,6 +21,14 @@ TINY_RUN = ["dataset=tiny", "trainer.batch_size=64", "optim.warmup_steps=5", "tr
             "trainer.device=cpu", "logger.mode=offline", "eval.n=64", "eval.classifier_epochs=2"]
 TINY_MLP2 = ["model.hidden_dim=64", "model.class_embed_dim=8"]
 TINY = TINY_RUN + TINY_MLP2
+# A tiny autoencoder and latent denoiser, and settings that make a run one quiet epoch.
+AE = ["model=autoencoder", "schedule=reconstruction", "model.hidden=[8,16,16]", "model.latent_channels=4",
+      "model.groups=4", "schedule.eval_images=64"]
+LDM = ["model=conv_adaln", "model.hidden=32", "model.blocks=2", "model.class_embed_dim=8", "model.groups=8",
+       "schedule.sample_steps=4"]
+QUIET = ["logger.mode=disabled", "eval.every=null", "trainer.epochs=1"]
+# The command lines of the genuine runs below (each also gets hydra.run.dir=<name>).
+GENUINE = {"mlp2": [*TINY, *QUIET], "ae": [*TINY_RUN, *AE, *QUIET], "ldm": [*TINY_RUN, *LDM, *QUIET]}
 
 
 def run_cli(module: str, *args: str, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -42,3 +50,15 @@ def train_cli(tmp_path):
         return run_cli("mindiff.train", *base, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path, check=check,
                        timeout=timeout)
     return run
+
+
+@pytest.fixture(scope="session")
+def genuine(tmp_path_factory) -> Path:
+    """Genuine checkpoints to tamper with, at <root>/<name>/checkpoints/last.pt: a pixel denoiser (mlp2), an
+    autoencoder (ae) and a latent denoiser on that autoencoder (ldm)."""
+    root = tmp_path_factory.mktemp("genuine")
+    run_cli("mindiff.train", *GENUINE["mlp2"], "hydra.run.dir=mlp2", cwd=root)
+    run_cli("mindiff.train", *GENUINE["ae"], "hydra.run.dir=ae", cwd=root)
+    run_cli("mindiff.train", *GENUINE["ldm"], f"autoencoder.ckpt={root / 'ae/checkpoints/last.pt'}",
+            "hydra.run.dir=ldm", cwd=root)
+    return root

@@ -6,28 +6,18 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 
 from mindiff.build import read_checkpoint
 from mindiff.checkpoint import CheckpointError, load_checkpoint
 
-from conftest import TINY, TINY_RUN, run_cli
-
-AE = ["model=autoencoder", "schedule=reconstruction", "model.hidden=[8,16,16]", "model.latent_channels=4",
-      "model.groups=4", "schedule.eval_images=64"]
-LDM = ["model=conv_adaln", "model.hidden=32", "model.blocks=2", "model.class_embed_dim=8", "model.groups=8",
-       "schedule.sample_steps=4"]
-QUIET = ["logger.mode=disabled", "eval.every=null", "trainer.epochs=1"]
+from conftest import LDM, QUIET, TINY, TINY_RUN, run_cli
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(genuine):
     """Genuine checkpoints to tamper with: a pixel denoiser, an autoencoder and a latent denoiser."""
-    root = tmp_path_factory.mktemp("genuine")
-    run_cli("mindiff.train", *TINY, *QUIET, "hydra.run.dir=mlp2", cwd=root)
-    run_cli("mindiff.train", *TINY_RUN, *AE, *QUIET, "hydra.run.dir=ae", cwd=root)
-    run_cli("mindiff.train", *TINY_RUN, *LDM, *QUIET, f"autoencoder.ckpt={root / 'ae/checkpoints/last.pt'}",
-            "hydra.run.dir=ldm", cwd=root)
-    return {name: load_checkpoint(root / name / "checkpoints" / "last.pt") for name in ("mlp2", "ae", "ldm")}
+    return {name: load_checkpoint(genuine / name / "checkpoints" / "last.pt") for name in ("mlp2", "ae", "ldm")}
 
 
 def payloads(marker):
@@ -109,6 +99,7 @@ def evil(runs, tmp_path, run: str, marker, on_autoencoder: bool = False):
     target = state["autoencoder"]["config"] if on_autoencoder else state["config"]
     target["model"] = payloads(marker)["write_text"]
     torch.save(state, tmp_path / "evil.pt")
+    Image.new("L", (12, 12), 128).save(tmp_path / "image.png")  # a real image: the checkpoint is what is refused
     return tmp_path / "evil.pt"
 
 
@@ -116,7 +107,7 @@ ENTRY_POINTS = {  # (which genuine run to tamper with, is the autoencoder inside
     "sample": ("mlp2", False, lambda ckpt: ("mindiff.sample", f"ckpt={ckpt}", "n=4", "out=s.npz")),
     "sample, embedded autoencoder": ("ldm", True, lambda ckpt: ("mindiff.sample", f"ckpt={ckpt}", "n=4", "out=s.npz")),
     "evaluate": ("mlp2", False, lambda ckpt: ("mindiff.evaluate", f"ckpt={ckpt}", "n=4", "out=m.json")),
-    "reconstruct": ("ae", False, lambda ckpt: ("mindiff.reconstruct", f"ckpt={ckpt}", "image=/etc/hostname")),
+    "reconstruct": ("ae", False, lambda ckpt: ("mindiff.reconstruct", f"ckpt={ckpt}", f"image={ckpt.parent / 'image.png'}")),
     "train autoencoder.ckpt": ("ae", False, lambda ckpt: ("mindiff.train", *TINY_RUN, *LDM, *QUIET,
                                                           f"autoencoder.ckpt={ckpt}", "hydra.run.dir=run")),
     "train resume": ("mlp2", False, lambda ckpt: ("mindiff.train", *TINY, *QUIET, "trainer.epochs=2",

@@ -9,6 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, OmegaConf
 
 import mindiff.build  # noqa: F401  (registers the schemas, and the resolvers the model YAMLs use)
+import mindiff.build  # noqa: F401  (registers the latent-shape resolvers, as the train CLI does)
 from mindiff.config import SCHEMAS, ConfigError, validate
 
 from conftest import CONF

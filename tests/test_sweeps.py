@@ -10,6 +10,7 @@ from PIL import Image
 
 import mindiff.config  # noqa: F401
 from mindiff.checkpoint import load_checkpoint
+import mindiff.build  # noqa: F401  (registers the latent-shape resolvers, as the train CLI does)
 from mindiff.config import validate
 
 from conftest import CONF, REPO, TINY, run_cli
@@ -87,14 +88,26 @@ def test_sweep_file_runs_one_dir_per_combination_and_a_rerun_skips_them(tmp_path
 
 
 def test_a_failing_run_does_not_stop_the_others_and_the_sweep_says_why(tmp_path):
-    proc = run_cli("mindiff.train", "-m", *TINY_SWEEP, "optim.lr=-1,1e-3", "hydra.sweep.dir=sw", cwd=tmp_path,
-                   check=False)
+    # 32 training images cannot fill a batch of 64: found once the data is read, so that job alone fails
+    proc = run_cli("mindiff.train", "-m", *TINY_SWEEP, "dataset.train_size=32,512", "hydra.sweep.dir=sw",
+                   cwd=tmp_path, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1
-    assert "1 of 2 runs ok" in out and "optim.lr=-1.0 must be > 0" in out
+    assert "1 of 2 runs ok" in out and "is larger than the dataset (32 images)" in out
     ok = [p for p in (tmp_path / "sw").iterdir() if (p / "metrics.json").is_file()]
     failed = [p for p in (tmp_path / "sw").iterdir() if (p / "FAILED").is_file()]
-    assert len(ok) == 1 and len(failed) == 1 and "optim.lr=0.001" in ok[0].name
+    assert len(ok) == 1 and len(failed) == 1 and "dataset.train_size=512" in ok[0].name
+
+
+@pytest.mark.parametrize("axis,message", [
+    ("optim.lr=1e-3,-1", "optim.lr=-1.0 must be > 0"),
+    ("trainer.batch_size=64,abc", "trainer.batch_size=abc Value 'abc' of type 'str' could not be converted"),
+    ("optim.lr=1e-3 trainer.sample_epochs=[2],[-1]", "trainer.sample_epochs has -1"),
+])
+def test_every_value_of_every_sweep_axis_is_checked_before_any_job(tmp_path, axis, message):
+    proc = run_cli("mindiff.train", "-m", *TINY_SWEEP, *axis.split(), "hydra.sweep.dir=sw", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sw").exists()
 
 
 def test_compare_writes_a_side_by_side_image_and_tables(tmp_path):
