@@ -103,7 +103,7 @@ def _check_layout(value, spec, where: str = "") -> None:
         raise ValueError(f"{where} is {str(value)[:60]!r}, not {str(spec)[:60]!r}")
 
 
-def load_cache(path: Path, spec: dict, what: str) -> Optional[dict]:
+def load_cache(path: Path, spec: dict, what: str, redo: str = "making it again") -> Optional[dict]:
     """A file save_cache wrote, read as data (weights_only) and checked against `spec` (see _check_layout)
     before anything uses it; None when there is none, or (one warning line naming it) when it is torn,
     foreign or made for other data: the caller makes it again and save_cache replaces it."""
@@ -114,8 +114,7 @@ def load_cache(path: Path, spec: dict, what: str) -> Optional[dict]:
         _check_layout(saved, spec)
         return saved
     except Exception as e:  # a torn or foreign file is made again, never trusted
-        log.warning("%s %s is unreadable or not this data's (%s); making it again", what, path,
-                    one_line(e)[:200])
+        log.warning("%s %s is unreadable or not this data's (%s); %s", what, path, one_line(e)[:200], redo)
         return None
 
 

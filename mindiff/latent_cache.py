@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from mindiff.data import Dataset
-from mindiff.files import check_writable_dir, save_cache
+from mindiff.files import TensorSpec, check_writable_dir, load_cache, save_cache
 from mindiff.objectives import LatentBatches
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,11 @@ def cached_inputs(objective, data: Dataset, device: torch.device, autoencoder: O
         return objective.inputs(data, device)
     folder = Path(cache_dir).expanduser()
     path = folder / f"latents-{latent_key(autoencoder, data, precision)}.pt"
-    if path.is_file():
-        try:
-            latents = torch.load(path, map_location="cpu", weights_only=True)["latents"]
-            views = 2 if data.hflip else 1
-            expected = (views, len(data.train), *objective.sample_shape(data.image_shape))
-            if tuple(latents.shape) != expected:
-                raise ValueError(f"it holds latents of shape {tuple(latents.shape)}, not {expected}")
-            return LatentBatches(latents.to(device), data.train.labels.to(device))
-        except Exception as e:  # a torn or foreign file is re-encoded, never trusted
-            log.warning("latent cache %s is unreadable (%s); encoding again", path, str(e).splitlines()[0][:200])
+    views = 2 if data.hflip else 1
+    expected = TensorSpec((views, len(data.train), *objective.sample_shape(data.image_shape)), torch.float32)
+    saved = load_cache(path, {"latents": expected}, "latent cache", redo="encoding again")
+    if saved is not None:
+        return LatentBatches(saved["latents"].to(device), data.train.labels.to(device))
     check_writable_dir(folder, "autoencoder.latent_cache (or $MINDIFF_CACHE)")  # before minutes of encoding
     inputs = objective.inputs(data, device)
     save_cache({"latents": inputs.latents.cpu()}, path)

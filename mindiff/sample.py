@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from mindiff.build import from_checkpoint, read_checkpoint
-from mindiff.cli import run_command, sampling_overrides
+from mindiff.cli import check_cli_values, run_command, sampling_overrides
 from mindiff.config import PRECISIONS, ConfigError, check_choice
 from mindiff.files import atomic_write, check_writable_file
 from mindiff.images import save_grid
 from mindiff.runtime import autocast, pick_device
 
 
-MAX_SAMPLES = 10**6
+MAX_BATCH = 10**6
 
 
 @dataclass
@@ -40,11 +40,9 @@ class SampleArgs:
 
 
 def sample(args: SampleArgs) -> dict:
-    for key, value in (("n", args.n), ("batch_size", args.batch_size)):
-        if not 0 < value <= MAX_SAMPLES:
-            raise ConfigError(f"{key}={value} must be in 1..{MAX_SAMPLES:,}")
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"seed={args.seed} must be in 0..{2**32 - 1}")
+    check_cli_values("eval", n=args.n, seed=args.seed)  # the bounds of eval.n and eval.seed
+    if not 0 < args.batch_size <= MAX_BATCH:
+        raise ConfigError(f"batch_size={args.batch_size} must be in 1..{MAX_BATCH:,}")
     schedule = sampling_overrides(args.steps, args.sampler, args.guidance)
     if Path(args.out).suffix.lower() not in (".npz", ".png"):
         raise ConfigError(f"out={args.out!r}: end it in .npz (arrays) or .png (a grid)")
